@@ -1,0 +1,58 @@
+//! The serde mirror of the TOML file: every field optional and spanned, unknown keys
+//! rejected, so that validation can point at the exact line and column of a mistake.
+//!
+//! Nothing here is trusted yet; [`super::validate`] turns it into a [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A spanned string: the value and where it stood in the file.
+pub type Text = Spanned<String>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<Text>,
+    pub allow_non_loopback: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<Text>,
+    #[serde(default)]
+    pub allowed_origins: Vec<Text>,
+    pub max_body: Option<Text>,
+    pub connect_timeout: Option<Text>,
+    pub upstream_timeout: Option<Text>,
+    pub shutdown_grace: Option<Text>,
+    pub ca_file: Option<Text>,
+    #[serde(default)]
+    pub credentials: BTreeMap<String, Spanned<RawCredential>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// One `[credentials.NAME]` table. It is flat (every kind's keys in one struct) rather
+/// than a serde-tagged enum because tagged enums buffer their input and lose the spans;
+/// validation checks which keys belong to which kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    pub kind: Option<Text>,
+    pub env: Option<Text>,
+    pub file: Option<Text>,
+    pub value: Option<Text>,
+    pub helper: Option<Text>,
+    pub helper_env: Option<Text>,
+    pub ttl: Option<Text>,
+    pub helper_timeout: Option<Text>,
+    pub apply: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: Text,
+    pub upstream: Text,
+    pub credential: Text,
+    pub listen: Option<Text>,
+}

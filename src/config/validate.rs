@@ -1,0 +1,476 @@
+//! Raw → validated configuration. Runs before any port is bound; collects every problem
+//! with its place instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme, Uri};
+use toml::Spanned;
+
+use super::location::SourceText;
+use super::raw::{RawConfig, RawCredential, RawRoute, Text};
+use super::units::{parse_duration, parse_size};
+use super::*;
+use crate::credentials::Secret;
+use crate::proxy::headers::is_never_forwarded;
+
+/// The kinds this build knows, for the "write one of" hint.
+const KNOWN_KINDS: &str = "\"api_key\"";
+
+struct Validator<'a> {
+    text: SourceText<'a>,
+    origin: ConfigOrigin,
+    problems: Vec<Problem>,
+}
+
+pub(super) fn validate(text: &str, origin: ConfigOrigin) -> Result<Config, ConfigError> {
+    let file = origin.display_name();
+    let source = SourceText::new(text);
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_string();
+            let hint = hint_for_parse_error(&message);
+            return Err(ConfigError {
+                file,
+                problems: vec![source.problem(span, message, hint)],
+            });
+        }
+    };
+    let mut v = Validator {
+        text: source,
+        origin,
+        problems: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            file,
+            problems: v.problems,
+        })
+    }
+}
+
+fn hint_for_parse_error(message: &str) -> Option<String> {
+    if message.starts_with("unknown field") {
+        Some("remove the key or correct its spelling; the keys this table takes are listed above".into())
+    } else if message.contains("invalid type") {
+        Some("check the value's type: strings are quoted, lists use [ ], true/false are bare".into())
+    } else {
+        None
+    }
+}
+
+impl Validator<'_> {
+    fn report(&mut self, at: &Text, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        let problem = self.text.problem(at.span(), message, hint.into());
+        self.problems.push(problem);
+    }
+
+    fn report_span<T>(
+        &mut self,
+        at: &Spanned<T>,
+        message: impl Into<String>,
+        hint: impl Into<Option<String>>,
+    ) {
+        let problem = self.text.problem(at.span(), message, hint.into());
+        self.problems.push(problem);
+    }
+
+    fn duration(&mut self, value: &Option<Text>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match parse_duration(text.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.report(text, e, "write a duration such as \"30s\", \"5m\" or \"1h30m\"".to_string());
+                    default
+                }
+            },
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let allow_non_loopback = raw.allow_non_loopback.as_ref().is_some_and(|b| *b.get_ref());
+        let default_listen = match &raw.listen {
+            Some(text) => self.listen_addr(text, allow_non_loopback),
+            None => Some(DEFAULT_LISTEN.parse().expect("default listen address parses")),
+        };
+        let max_body = match &raw.max_body {
+            None => DEFAULT_MAX_BODY,
+            Some(text) => parse_size(text.get_ref()).unwrap_or_else(|e| {
+                self.report(text, e, "write a size such as \"32MiB\" or \"512KiB\"".to_string());
+                DEFAULT_MAX_BODY
+            }),
+        };
+        let connect_timeout = self.duration(&raw.connect_timeout, Duration::from_secs(10));
+        let upstream_timeout = self.duration(&raw.upstream_timeout, Duration::from_secs(600));
+        let shutdown_grace = self.duration(&raw.shutdown_grace, Duration::from_secs(30));
+        let guard = self.guard(&raw);
+        let ca_file = raw.ca_file.as_ref().map(|p| self.path(p.get_ref()));
+
+        let (credentials, index) = self.credentials(&raw.credentials);
+        let listeners = self.routes(&raw.routes, default_listen, allow_non_loopback, &index, &credentials);
+        Config {
+            origin: self.origin.clone(),
+            listeners,
+            credentials,
+            max_body,
+            connect_timeout,
+            upstream_timeout,
+            shutdown_grace,
+            guard,
+            ca_file,
+        }
+    }
+
+    fn listen_addr(&mut self, text: &Text, allow_non_loopback: bool) -> Option<SocketAddr> {
+        match SocketAddr::from_str(text.get_ref()) {
+            Err(_) => {
+                self.report(
+                    text,
+                    format!("`{}` is not an address to listen on", text.get_ref()),
+                    "write an IP address and port, such as \"127.0.0.1:8787\" or \"[::1]:8787\"".to_string(),
+                );
+                None
+            }
+            Ok(addr) if !addr.ip().is_loopback() && !allow_non_loopback => {
+                self.report(
+                    text,
+                    format!("`{addr}` is not a loopback address: anyone who can reach it could use your credentials"),
+                    "listen on 127.0.0.1, or set `allow_non_loopback = true` at the top of the file if you really mean to serve other machines".to_string(),
+                );
+                None
+            }
+            Ok(addr) => Some(addr),
+        }
+    }
+
+    fn guard(&mut self, raw: &RawConfig) -> GuardConfig {
+        let mut guard = GuardConfig::default();
+        for host in &raw.allowed_hosts {
+            let name = host.get_ref().trim().to_ascii_lowercase();
+            if name.is_empty() || name.contains(['/', ' ']) {
+                self.report(host, format!("`{}` is not a host name", host.get_ref()), "write a bare host name such as \"credproxy.internal\"".to_string());
+            } else {
+                guard.allowed_hosts.push(name);
+            }
+        }
+        for origin in &raw.allowed_origins {
+            let value = origin.get_ref().trim().trim_end_matches('/');
+            match Uri::from_str(value) {
+                Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() && uri.path() == "/" => {
+                    guard.allowed_origins.push(value.to_ascii_lowercase());
+                }
+                _ => self.report(
+                    origin,
+                    format!("`{}` is not a browser origin", origin.get_ref()),
+                    "write scheme, host and port only, such as \"http://localhost:3000\"".to_string(),
+                ),
+            }
+        }
+        guard
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let expanded = match text.strip_prefix("~/") {
+            Some(rest) => match std::env::var_os("HOME") {
+                Some(home) => Path::new(&home).join(rest),
+                None => PathBuf::from(text),
+            },
+            None => PathBuf::from(text),
+        };
+        match self.origin.base_dir() {
+            Some(base) if expanded.is_relative() => base.join(expanded),
+            _ => expanded,
+        }
+    }
+
+    fn credentials(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<RawCredential>>,
+    ) -> (Vec<CredentialConfig>, HashMap<String, usize>) {
+        let mut list = Vec::new();
+        let mut index = HashMap::new();
+        for (name, table) in raw {
+            if let Some(spec) = self.credential(name, table) {
+                index.insert(name.clone(), list.len());
+                list.push(CredentialConfig {
+                    name: name.clone(),
+                    spec,
+                });
+            } else {
+                // Remember the name so routes that use it are not reported a second time.
+                index.insert(name.clone(), usize::MAX);
+            }
+        }
+        (list, index)
+    }
+
+    fn credential(&mut self, name: &str, table: &Spanned<RawCredential>) -> Option<CredentialSpec> {
+        let raw = table.get_ref();
+        let Some(kind) = &raw.kind else {
+            self.report_span(
+                table,
+                format!("credential `{name}` has no `kind`"),
+                format!("add `kind = {KNOWN_KINDS}` to [credentials.{name}]"),
+            );
+            return None;
+        };
+        match kind.get_ref().as_str() {
+            "api_key" => self.key_credential(name, table).map(CredentialSpec::Key),
+            other => {
+                self.report(
+                    kind,
+                    format!("credential `{name}` has unknown kind `{other}`"),
+                    format!("write `kind = {KNOWN_KINDS}`"),
+                );
+                None
+            }
+        }
+    }
+
+    fn key_credential(&mut self, name: &str, table: &Spanned<RawCredential>) -> Option<KeySpec> {
+        let raw = table.get_ref();
+        let sources: Vec<(&str, &Text)> = [
+            ("env", &raw.env),
+            ("file", &raw.file),
+            ("value", &raw.value),
+            ("helper", &raw.helper),
+        ]
+        .into_iter()
+        .filter_map(|(key, v)| v.as_ref().map(|t| (key, t)))
+        .collect();
+        let mut ok = true;
+        if let [_, (second_key, second), ..] = sources.as_slice() {
+            let keys: Vec<_> = sources.iter().map(|(k, _)| format!("`{k}`")).collect();
+            self.report(
+                second,
+                format!("credential `{name}` names {} sources ({}); `{second_key}` is one too many", sources.len(), keys.join(", ")),
+                "keep exactly one of `env`, `file`, `value` or `helper` (a `helper_env` may stand beside it)".to_string(),
+            );
+            ok = false;
+        }
+        if sources.is_empty() && raw.helper_env.is_none() {
+            self.report_span(
+                table,
+                format!("credential `{name}` says nowhere to get the key from"),
+                "add one of `env = \"ANTHROPIC_API_KEY\"`, `file = \"~/.config/anthropic/key\"` or `helper = \"<command printing the key>\"`".to_string(),
+            );
+            ok = false;
+        }
+        for (key, text) in sources.iter().chain(raw.helper_env.as_ref().map(|t| ("helper_env", t)).iter()) {
+            if text.get_ref().trim().is_empty() {
+                self.report(text, format!("`{key}` is empty"), None);
+                ok = false;
+            }
+        }
+        let is_helper = raw.helper.is_some() || raw.helper_env.is_some();
+        let is_file = raw.file.is_some();
+        if let Some(ttl) = &raw.ttl
+            && !is_helper
+            && !is_file
+        {
+            self.report(ttl, "`ttl` applies only to a `helper`, `helper_env` or `file` key", "remove `ttl`: keys from `env` or `value` never change while credproxy runs".to_string());
+        }
+        if let Some(timeout) = &raw.helper_timeout
+            && !is_helper
+        {
+            self.report(timeout, "`helper_timeout` applies only to a `helper` or `helper_env` key", "remove `helper_timeout`".to_string());
+        }
+        let ttl = raw.ttl.as_ref().map(|t| self.duration(&Some(t.clone()), DEFAULT_HELPER_TTL));
+        let helper_ttl = ttl.unwrap_or(DEFAULT_HELPER_TTL);
+        let helper_timeout = self.duration(&raw.helper_timeout, DEFAULT_HELPER_TIMEOUT);
+        let apply = self.apply(raw.apply.as_ref());
+
+        if let Some(env) = &raw.env
+            && !is_env_name(env.get_ref())
+        {
+            self.report(env, format!("`{}` is not an environment variable name", env.get_ref()), "write the variable's name, such as \"ANTHROPIC_API_KEY\", not its value".to_string());
+            ok = false;
+        }
+        if let Some(env) = &raw.helper_env
+            && !is_env_name(env.get_ref())
+        {
+            self.report(env, format!("`{}` is not an environment variable name", env.get_ref()), "write the name of a variable that holds a helper command, such as \"CREDPROXY_API_KEY_HELPER\"".to_string());
+            ok = false;
+        }
+        let from = if let Some(env) = &raw.env {
+            Some(KeyFrom::Env(env.get_ref().clone()))
+        } else if let Some(file) = &raw.file {
+            Some(KeyFrom::File { path: self.path(file.get_ref()), ttl })
+        } else if let Some(value) = &raw.value {
+            Some(KeyFrom::Literal(Secret::new(value.get_ref().trim())))
+        } else {
+            raw.helper.as_ref().map(|h| KeyFrom::Helper(h.get_ref().clone()))
+        };
+        let apply = apply?;
+        ok.then_some(KeySpec {
+            helper_env: raw.helper_env.as_ref().map(|t| t.get_ref().clone()),
+            from,
+            helper_ttl,
+            helper_timeout,
+            apply,
+        })
+    }
+
+    fn apply(&mut self, text: Option<&Text>) -> Option<Apply> {
+        let Some(text) = text else {
+            return Some(Apply::Header(HeaderName::from_static("x-api-key")));
+        };
+        let value = text.get_ref().trim();
+        if value.eq_ignore_ascii_case("bearer") {
+            return Some(Apply::Bearer);
+        }
+        match HeaderName::from_str(value) {
+            Ok(name) if name == http::header::AUTHORIZATION => {
+                self.report(text, "`apply = \"authorization\"` would send the bare key without a scheme", "write `apply = \"bearer\"` for `Authorization: Bearer <key>`".to_string());
+                None
+            }
+            Ok(name) if is_never_forwarded(&name) && !crate::proxy::headers::is_client_credential(&name) => {
+                self.report(text, format!("`{name}` is a connection header and cannot carry a key"), "write `apply = \"x-api-key\"`, `\"bearer\"` or another end-to-end header name".to_string());
+                None
+            }
+            Ok(name) => Some(Apply::Header(name)),
+            Err(_) => {
+                self.report(text, format!("`{value}` is not a header name"), "write `\"x-api-key\"` (the default), `\"bearer\"`, or a header name such as `\"api-key\"`".to_string());
+                None
+            }
+        }
+    }
+
+    fn routes(
+        &mut self,
+        raw: &[Spanned<RawRoute>],
+        default_listen: Option<SocketAddr>,
+        allow_non_loopback: bool,
+        index: &HashMap<String, usize>,
+        credentials: &[CredentialConfig],
+    ) -> Vec<Listener> {
+        let mut listeners: Vec<Listener> = Vec::new();
+        if let Some(addr) = default_listen {
+            listeners.push(Listener { addr, routes: Vec::new() });
+        }
+        let mut seen: HashMap<(SocketAddr, String), ()> = HashMap::new();
+        if raw.is_empty() {
+            let problem = self.text.problem(0..0, "the config has no routes, so credproxy would answer every request with 404", Some("add a `[[routes]]` table with `prefix`, `upstream` and `credential`".into()));
+            self.problems.push(problem);
+        }
+        for route in raw {
+            let r = route.get_ref();
+            let addr = match &r.listen {
+                Some(text) => self.listen_addr(text, allow_non_loopback),
+                None => default_listen,
+            };
+            let prefix = self.prefix(&r.prefix);
+            let upstream = self.upstream(&r.upstream);
+            let credential = match index.get(r.credential.get_ref()) {
+                Some(&i) => Some(i),
+                None => {
+                    let names: Vec<_> = credentials.iter().map(|c| format!("\"{}\"", c.name)).collect();
+                    let hint = if names.is_empty() {
+                        format!("add a [credentials.{}] table", r.credential.get_ref())
+                    } else {
+                        format!("write one of {}, or add a [credentials.{}] table", names.join(", "), r.credential.get_ref())
+                    };
+                    self.report(&r.credential, format!("route uses credential `{}`, which is not defined", r.credential.get_ref()), hint);
+                    None
+                }
+            };
+            let (Some(addr), Some(prefix), Some(upstream), Some(credential)) = (addr, prefix, upstream, credential) else {
+                continue;
+            };
+            if credential == usize::MAX {
+                continue; // the credential itself was reported
+            }
+            if seen.insert((addr, prefix.clone()), ()).is_some() {
+                self.report(&r.prefix, format!("prefix `{prefix}` is used twice on {addr}"), "give each route on one listener its own prefix".to_string());
+                continue;
+            }
+            let listener = match listeners.iter_mut().position(|l| l.addr == addr) {
+                Some(i) => &mut listeners[i],
+                None => {
+                    listeners.push(Listener { addr, routes: Vec::new() });
+                    listeners.last_mut().expect("just pushed")
+                }
+            };
+            listener.routes.push(Route { prefix, upstream, credential });
+        }
+        for listener in &mut listeners {
+            listener.routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        }
+        // A default listener with no routes of its own is not bound.
+        listeners.retain(|l| !l.routes.is_empty());
+        listeners
+    }
+
+    fn prefix(&mut self, text: &Text) -> Option<String> {
+        let value = text.get_ref();
+        let ok = value.starts_with('/')
+            && !value.contains(['?', '#', ' '])
+            && http::uri::PathAndQuery::from_str(value).is_ok();
+        if !ok {
+            self.report(text, format!("`{value}` is not a path prefix"), "write a path starting with `/`, such as \"/\" or \"/bedrock\"".to_string());
+            return None;
+        }
+        let trimmed = value.trim_end_matches('/');
+        Some(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
+    }
+
+    fn upstream(&mut self, text: &Text) -> Option<Upstream> {
+        let value = text.get_ref();
+        let hint = "write an absolute URL such as \"https://api.anthropic.com\"".to_string();
+        let Ok(uri) = Uri::from_str(value) else {
+            self.report(text, format!("`{value}` is not a URL"), hint);
+            return None;
+        };
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            self.report(text, format!("`{value}` is not an absolute URL"), hint);
+            return None;
+        };
+        if uri.query().is_some() || authority.as_str().contains('@') {
+            self.report(text, format!("`{value}` carries a query or user info"), "write only scheme, host and path; credentials go in a [credentials] table".to_string());
+            return None;
+        }
+        let host = authority.host();
+        let is_https = *scheme == Scheme::HTTPS;
+        if !is_https && *scheme != Scheme::HTTP {
+            self.report(text, format!("`{scheme}` is not a supported scheme"), "write an https:// URL".to_string());
+            return None;
+        }
+        if !is_https && !is_loopback_host(host) {
+            self.report(text, format!("`{value}` would send credentials unencrypted to another machine"), format!("write https://{}", &value["http://".len()..]));
+            return None;
+        }
+        let default_port = if is_https { 443 } else { 80 };
+        let authority = match authority.port_u16() {
+            Some(port) if port == default_port => Authority::from_str(host).ok()?,
+            _ => authority.clone(),
+        };
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Some(Upstream { scheme: scheme.clone(), authority, base_path })
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `localhost`, `127.0.0.0/8` and `::1`: hosts an http:// upstream may use.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! The cache against a real helper source: a shell script that counts its runs, prints the
+//! key file, and fails while a marker file exists.
+
+use std::path::PathBuf;
+
+use std::time::Duration;
+
+use super::*;
+use crate::credentials::{Helper, Material, Source};
+
+struct Script {
+    dir: tempfile::TempDir,
+}
+
+impl Script {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "key-1").unwrap();
+        Script { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cache(&self, ttl: Duration, delay: &str) -> CredentialCache {
+        let d = self.dir.path().display();
+        let command = format!(
+            "echo run >> {d}/runs; sleep {delay}; [ -e {d}/fail ] && {{ echo broken >&2; exit 1; }}; cat {d}/key"
+        );
+        let slot = Slot {
+            name: "test".into(),
+            source: Source::Helper(Helper::new(command, ttl, Duration::from_secs(10))),
+        };
+        CredentialCache::new(vec![slot])
+    }
+
+    fn runs(&self) -> usize {
+        std::fs::read_to_string(self.path("runs")).map_or(0, |t| t.lines().count())
+    }
+
+    fn set_key(&self, key: &str) {
+        std::fs::write(self.path("key"), key).unwrap();
+    }
+
+    fn set_failing(&self, failing: bool) {
+        let marker = self.path("fail");
+        if failing {
+            std::fs::write(marker, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(marker);
+        }
+    }
+}
+
+fn key(credential: &Credential) -> &str {
+    let Material::Token(token) = &credential.material;
+    token.secret().expose()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_share_one_fetch() {
+    let script = Script::new();
+    let cache = script.cache(Duration::from_secs(300), "0.3");
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(0).await.map(|c| c.generation) })
+        })
+        .collect();
+    let mut generations = Vec::new();
+    for task in tasks {
+        generations.push(task.await.unwrap().unwrap());
+    }
+    generations.dedup();
+    assert_eq!(generations.len(), 1, "every waiter got the same value");
+    assert_eq!(script.runs(), 1);
+}
+
+#[tokio::test]
+async fn invalidation_drops_only_the_value_that_failed() {
+    let script = Script::new();
+    let cache = script.cache(Duration::from_secs(300), "0");
+    let first = cache.get(0).await.unwrap();
+    assert_eq!(key(&first), "key-1");
+
+    script.set_key("key-2");
+    cache.invalidate(0, &first).await;
+    let second = cache.get(0).await.unwrap();
+    assert_eq!(key(&second), "key-2");
+    assert_eq!(script.runs(), 2);
+
+    // A late rejection of the first value must not discard the second.
+    cache.invalidate(0, &first).await;
+    let still = cache.get(0).await.unwrap();
+    assert_eq!(still.generation, second.generation);
+    assert_eq!(script.runs(), 2);
+}
+
+#[tokio::test]
+async fn refresh_ahead_serves_the_current_value_while_fetching_in_background() {
+    let script = Script::new();
+    let cache = script.cache(Duration::from_millis(1200), "0");
+    let first = cache.get(0).await.unwrap();
+    script.set_key("key-2");
+
+    // Past three quarters of the life: the answer is still the current value.
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    let during = cache.get(0).await.unwrap();
+    assert_eq!(during.generation, first.generation);
+
+    wait_until("the background refresh ran", || script.runs() == 2).await;
+    let mut refreshed = cache.get(0).await.unwrap();
+    for _ in 0..50 {
+        if refreshed.generation != first.generation {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        refreshed = cache.get(0).await.unwrap();
+    }
+    assert_eq!(key(&refreshed), "key-2");
+    assert_eq!(script.runs(), 2, "one background fetch, not one per request");
+}
+
+#[tokio::test]
+async fn failed_refresh_keeps_serving_the_last_good_value_until_it_expires() {
+    let script = Script::new();
+    let cache = script.cache(Duration::from_millis(1200), "0");
+    let first = cache.get(0).await.unwrap();
+    script.set_failing(true);
+
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    assert_eq!(cache.get(0).await.unwrap().generation, first.generation);
+    wait_until("the background refresh failed", || script.runs() >= 2).await;
+    assert_eq!(cache.get(0).await.unwrap().generation, first.generation);
+
+    // Once the value has expired there is nothing good left to serve.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let error = cache.get(0).await.unwrap_err();
+    assert!(error.message.contains("exited with status 1"), "{}", error.message);
+    assert!(error.message.ends_with(": broken"), "{}", error.message);
+
+    // And the source recovering recovers the credential.
+    script.set_failing(false);
+    assert_eq!(key(&cache.get(0).await.unwrap()), "key-1");
+}
+
+#[tokio::test]
+async fn a_hanging_source_does_not_delay_another_credential() {
+    let script = Script::new();
+    let slow = Slot {
+        name: "slow".into(),
+        source: Source::Helper(Helper::new("sleep 5; echo slow".into(), Duration::from_secs(60), Duration::from_secs(10))),
+    };
+    let fast = Slot {
+        name: "fast".into(),
+        source: Source::Static(crate::credentials::StaticKey::File { path: script.path("key"), ttl: None }),
+    };
+    let cache = CredentialCache::new(vec![slow, fast]);
+    let stuck = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get(0).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The fast credential answers while the slow one is still being fetched.
+    let fast = cache.get(1).await.unwrap();
+    assert_eq!(key(&fast), "key-1");
+    assert!(!stuck.is_finished());
+    stuck.abort();
+
+}

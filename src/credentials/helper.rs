@@ -1,0 +1,212 @@
+//! A shell command that prints the key, like Claude Code's `apiKeyHelper`
+//! (`op read op://...`, `vault kv get -field=key ...`, a script of your own).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::{Fetched, Lifetime, Material, Secret, SourceError, Token, abbreviate};
+
+/// More than any key or token; a helper that prints more is printing something else.
+const STDOUT_CAP: usize = 64 * 1024;
+/// Enough of stderr to quote its first line in an error.
+const STDERR_CAP: usize = 8 * 1024;
+
+#[derive(Debug)]
+pub struct Helper {
+    command: String,
+    ttl: Duration,
+    timeout: Duration,
+}
+
+impl Helper {
+    pub fn new(command: String, ttl: Duration, timeout: Duration) -> Self {
+        Helper {
+            command,
+            ttl,
+            timeout,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("helper `{}`", abbreviate(&self.command, 60))
+    }
+
+    /// Runs the command once with `sh -c`, in a process group of its own so that a timeout
+    /// kills everything it started, not just the shell.
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
+        let started = Instant::now();
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SourceError::unrecoverable(format!("{} could not start: {e}", self.describe())))?;
+        let group = child.id().map(|id| Pid::from_raw(id as i32));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        let run = async {
+            let (out, err, status) =
+                tokio::join!(read_capped(stdout, STDOUT_CAP), read_capped(stderr, STDERR_CAP), child.wait());
+            (out, err, status)
+        };
+        let outcome = tokio::time::timeout(self.timeout, run).await;
+        let took = started.elapsed();
+        let (out, err, status) = match outcome {
+            Ok(done) => done,
+            Err(_) => {
+                if let Some(group) = group {
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+                let _ = child.wait().await;
+                return Err(SourceError::transient(format!(
+                    "{} timed out after {}; its process group was killed",
+                    self.describe(),
+                    seconds(took)
+                )));
+            }
+        };
+        let status = status.map_err(|e| SourceError::transient(format!("{} could not be waited for: {e}", self.describe())))?;
+        let first_stderr_line = String::from_utf8_lossy(&err)
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(|l| format!(": {}", abbreviate(l, 200)))
+            .unwrap_or_default();
+        // Checked before the exit status: we stop reading past the cap, so an oversized
+        // writer usually dies of SIGPIPE.
+        if out.len() > STDOUT_CAP {
+            return Err(SourceError::unrecoverable(format!(
+                "{} printed more than {} KiB after {}; it must print the key alone",
+                self.describe(),
+                STDOUT_CAP / 1024,
+                seconds(took)
+            )));
+        }
+        if !status.success() {
+            let how = match status.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            };
+            return Err(SourceError::transient(format!(
+                "{} {how} after {}{first_stderr_line}",
+                self.describe(),
+                seconds(took)
+            )));
+        }
+        let fail = |what: &str| {
+            SourceError::unrecoverable(format!(
+                "{} {what} (exit 0 after {}){first_stderr_line}",
+                self.describe(),
+                seconds(took)
+            ))
+        };
+        let text = std::str::from_utf8(&out).map_err(|_| fail("printed bytes that are not UTF-8"))?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(fail("printed nothing"));
+        }
+        if key.contains(['\n', '\r']) {
+            return Err(fail("printed more than one line; it must print the key alone"));
+        }
+        let token = Token::new(Secret::new(key)).map_err(|e| fail(&format!("printed a value that {}", e.message.trim_start_matches("the key "))))?;
+        tracing::debug!(helper = %abbreviate(&self.command, 60), took_ms = took.as_millis() as u64, "helper produced a key");
+        Ok(Fetched {
+            material: Material::Token(token),
+            lifetime: Lifetime::Ttl(self.ttl),
+        })
+    }
+}
+
+/// Reads until EOF or until one byte past `cap` (which tells the caller it overflowed).
+async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = (&mut reader).take(cap as u64 + 1).read_to_end(&mut buf).await;
+    buf
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn helper(command: &str, timeout_ms: u64) -> Helper {
+        Helper::new(command.to_string(), Duration::from_secs(300), Duration::from_millis(timeout_ms))
+    }
+
+    fn key_of(fetched: Fetched) -> String {
+        let Material::Token(token) = fetched.material;
+        token.secret().expose().to_string()
+    }
+
+    #[tokio::test]
+    async fn trimmed_stdout_is_the_key() {
+        let fetched = helper("printf '  sk-test-123\\n\\n'", 5000).fetch().await.unwrap();
+        assert_eq!(fetched.lifetime, Lifetime::Ttl(Duration::from_secs(300)));
+        assert_eq!(key_of(fetched), "sk-test-123");
+    }
+
+    #[tokio::test]
+    async fn failure_names_command_status_duration_and_first_stderr_line() {
+        let err = helper("echo; echo 'vault: permission denied' >&2; echo second >&2; exit 3", 5000)
+            .fetch()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, super::super::FailureKind::Transient);
+        let m = err.message;
+        assert!(m.contains("helper `echo; echo 'vault"), "{m}");
+        assert!(m.contains("exited with status 3 after 0."), "{m}");
+        assert!(m.ends_with(": vault: permission denied"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn empty_and_multi_line_output_are_errors() {
+        let empty = helper("printf '   \\n'", 5000).fetch().await.unwrap_err();
+        assert!(empty.message.contains("printed nothing"), "{}", empty.message);
+        let two = helper("printf 'a\\nb\\n'", 5000).fetch().await.unwrap_err();
+        assert!(two.message.contains("more than one line"), "{}", two.message);
+    }
+
+    #[tokio::test]
+    async fn oversized_output_is_an_error() {
+        let err = helper("head -c 70000 /dev/zero | tr '\\0' a", 5000).fetch().await.unwrap_err();
+        assert!(err.message.contains("printed more than 64 KiB"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild.pid");
+        // The shell starts a grandchild that would outlive a kill of the shell alone.
+        let command = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let err = helper(&command, 300).fetch().await.unwrap_err();
+        assert!(err.message.contains("timed out after 0."), "{}", err.message);
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // Gone, or dead and waiting to be reaped (a zombie) by whoever adopted it.
+        let is_gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        };
+        let mut gone = false;
+        for _ in 0..50 {
+            if is_gone() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "grandchild {pid} survived the helper timeout");
+    }
+}

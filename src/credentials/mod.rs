@@ -1,0 +1,245 @@
+//! Credentials: where they come from (one file per source kind), the [`Secret`] type, and
+//! the [`cache::CredentialCache`] that every request goes through.
+//!
+//! A source is asked for a value only by the cache: on first use, shortly before expiry
+//! (in the background), and after an upstream said the value went bad.
+
+pub mod cache;
+mod helper;
+mod secret;
+mod static_key;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+
+use crate::config::{CredentialSpec, KeyFrom, KeySpec};
+pub use cache::CredentialCache;
+pub use helper::Helper;
+pub use secret::Secret;
+pub use static_key::StaticKey;
+
+/// A credential value as the schemes use it, with what the cache knows about it.
+#[derive(Debug)]
+pub struct Credential {
+    pub material: Material,
+    /// When the issuer (or our own TTL) says the value stops being good.
+    pub expires_at: Option<SystemTime>,
+    /// Unique per fetch, so an auth failure invalidates only the value that failed.
+    pub generation: u64,
+}
+
+/// The secret parts of a credential, one variant per shape of credential.
+#[derive(Debug, Clone)]
+pub enum Material {
+    Token(Token),
+}
+
+/// A key or bearer token, with its header forms prepared once per fetch rather than
+/// once per request.
+#[derive(Debug, Clone)]
+pub struct Token {
+    secret: Secret,
+    bare: HeaderValue,
+    bearer: HeaderValue,
+}
+
+impl Token {
+    /// Fails when the text cannot travel in an HTTP header (control characters, non-ASCII).
+    pub fn new(secret: Secret) -> Result<Token, SourceError> {
+        let header = |text: &str| {
+            let mut value = HeaderValue::from_str(text).map_err(|_| {
+                SourceError::unrecoverable(
+                    "the key contains characters that cannot be sent in an HTTP header",
+                )
+            })?;
+            value.set_sensitive(true);
+            Ok::<_, SourceError>(value)
+        };
+        let bare = header(secret.expose())?;
+        let bearer = header(&format!("Bearer {}", secret.expose()))?;
+        Ok(Token {
+            secret,
+            bare,
+            bearer,
+        })
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    /// The key alone, for `x-api-key`-style headers.
+    pub fn bare_header(&self) -> &HeaderValue {
+        &self.bare
+    }
+
+    /// `Bearer <key>`, for `Authorization`.
+    pub fn bearer_header(&self) -> &HeaderValue {
+        &self.bearer
+    }
+}
+
+/// What a source hands the cache.
+#[derive(Debug)]
+pub struct Fetched {
+    pub material: Material,
+    pub lifetime: Lifetime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Good until an upstream rejects it (a key from env, file or config).
+    UntilRejected,
+    /// Our own time-to-live (a helper's output): used as is.
+    Ttl(Duration),
+    /// The issuer's expiry: the cache stops using it a little before, to absorb clock skew.
+    IssuerExpiry(SystemTime),
+}
+
+/// Why a source could not produce a credential. The kind drives behaviour; the message
+/// is for people and never contains the secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Nothing is set up for this credential (a variable unset, a file missing).
+    NotConfigured,
+    /// It may work on the next try (a helper timed out, an endpoint was down).
+    Transient,
+    /// It will not work until someone changes something (bad output, rejected config).
+    Unrecoverable,
+}
+
+impl SourceError {
+    pub fn not_configured(message: impl Into<String>) -> Self {
+        SourceError {
+            kind: FailureKind::NotConfigured,
+            message: message.into(),
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        SourceError {
+            kind: FailureKind::Transient,
+            message: message.into(),
+        }
+    }
+
+    pub fn unrecoverable(message: impl Into<String>) -> Self {
+        SourceError {
+            kind: FailureKind::Unrecoverable,
+            message: message.into(),
+        }
+    }
+}
+
+/// A configured way of producing a credential; one variant per source file.
+#[derive(Debug)]
+pub enum Source {
+    Static(StaticKey),
+    Helper(Helper),
+    /// Configured, but what it needs is not set; answers with what to set.
+    Unavailable(String),
+}
+
+impl Source {
+    /// Builds the source a credential spec describes. Reads the environment once, to
+    /// resolve `helper_env`; performs no I/O.
+    pub fn from_spec(spec: &CredentialSpec) -> Source {
+        match spec {
+            CredentialSpec::Key(key) => Self::from_key_spec(key),
+        }
+    }
+
+    fn from_key_spec(spec: &KeySpec) -> Source {
+        if let Some(var) = &spec.helper_env
+            && let Some(command) = std::env::var(var).ok().filter(|c| !c.trim().is_empty())
+        {
+            return Source::Helper(Helper::new(
+                command,
+                spec.helper_ttl,
+                spec.helper_timeout,
+            ));
+        }
+        match &spec.from {
+            Some(KeyFrom::Env(var)) => Source::Static(StaticKey::Env {
+                var: var.clone(),
+                or_helper_env: spec.helper_env.clone(),
+            }),
+            Some(KeyFrom::File { path, ttl }) => Source::Static(StaticKey::File {
+                path: path.clone(),
+                ttl: *ttl,
+            }),
+            Some(KeyFrom::Literal(secret)) => Source::Static(StaticKey::Literal(secret.clone())),
+            Some(KeyFrom::Helper(command)) => Source::Helper(Helper::new(
+                command.clone(),
+                spec.helper_ttl,
+                spec.helper_timeout,
+            )),
+            None => Source::Unavailable(format!(
+                "{} is not set; set it to a command that prints the key",
+                spec.helper_env.as_deref().unwrap_or("the helper variable")
+            )),
+        }
+    }
+
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
+        match self {
+            Source::Static(source) => source.fetch().await,
+            Source::Helper(source) => source.fetch().await,
+            Source::Unavailable(why) => Err(SourceError::not_configured(why.clone())),
+        }
+    }
+
+    /// Where the value comes from, for `credproxy check`, logs and error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Static(source) => source.describe(),
+            Source::Helper(source) => source.describe(),
+            Source::Unavailable(_) => "not configured".to_string(),
+        }
+    }
+
+    /// A literal key in the config file deserves a warning at start.
+    pub fn is_literal(&self) -> bool {
+        matches!(self, Source::Static(StaticKey::Literal(_)))
+    }
+}
+
+/// A named credential and its source, as the cache holds them.
+#[derive(Debug)]
+pub struct Slot {
+    pub name: String,
+    pub source: Source,
+}
+
+/// Builds one slot per configured credential, in config order.
+pub fn slots(specs: &[crate::config::CredentialConfig]) -> Vec<Slot> {
+    specs
+        .iter()
+        .map(|c| Slot {
+            name: c.name.clone(),
+            source: Source::from_spec(&c.spec),
+        })
+        .collect()
+}
+
+/// Shortens text that goes into messages (helper commands can be long).
+pub(crate) fn abbreviate(text: &str, max_chars: usize) -> String {
+    let text = text.trim();
+    if text.chars().count() <= max_chars {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(max_chars).collect();
+        format!("{cut}…")
+    }
+}
+
+pub type SharedCredential = Arc<Credential>;

@@ -1,0 +1,166 @@
+//! The command line: parse arguments, load the config, start. The only place that turns
+//! errors into text for people and picks exit codes (2: bad config, 1: anything else).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use credproxy::config::{Config, EMBEDDED_DEFAULT};
+use credproxy::credentials::{self, CredentialCache};
+use credproxy::proxy::{self, Proxy, Shared};
+use credproxy::server::{self, Bound};
+use credproxy::telemetry::{self, LogFormat};
+use credproxy::cli;
+
+/// A local authenticating reverse proxy for AI model APIs: point a client's base URL at it,
+/// and it adds the real credential to every request.
+#[derive(Debug, Parser)]
+#[command(name = "credproxy", version)]
+struct Args {
+    /// Config file (default: $CREDPROXY_CONFIG, else the embedded default).
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace. $CREDPROXY_LOG (a tracing filter) overrides it.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+    /// Log as text or as JSON lines.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config and fetch every credential once; exit 1 if any fails.
+    Check,
+    /// Print the environment clients need to use each route.
+    Env,
+    /// Print the embedded default config.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::DefaultConfig) = args.command {
+        print!("{EMBEDDED_DEFAULT}");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&args.log_level, args.log_format);
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("credproxy: invalid configuration\n{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("credproxy: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(config)),
+        Command::Check => runtime.block_on(check(config)),
+        Command::Env => {
+            print!("{}", cli::env_report(&config));
+            ExitCode::SUCCESS
+        }
+        Command::DefaultConfig => unreachable!("handled before logging starts"),
+    }
+}
+
+async fn check(config: Config) -> ExitCode {
+    println!("config: {} (valid)", config.origin.display_name());
+    let rows = cli::check(&config).await;
+    print!("{}", cli::format_check(&rows));
+    if rows.iter().all(|r| r.status.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let client = match proxy::client::build(&config) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("credproxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cache = CredentialCache::new(credentials::slots(&config.credentials));
+    let shared = Arc::new(Shared::new(&config, client, cache.clone()));
+
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let socket = match tokio::net::TcpListener::bind(listener.addr).await {
+            Ok(socket) => socket,
+            Err(error) => {
+                eprintln!("credproxy: cannot listen on {}: {error}", listener.addr);
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = socket.local_addr().unwrap_or(listener.addr);
+        let routes: Vec<String> = listener
+            .routes
+            .iter()
+            .map(|r| format!("{} -> {}", r.prefix, r.upstream))
+            .collect();
+        tracing::info!(target: "credproxy::server", %addr, routes = %routes.join(", "), "listening");
+        let proxy = Arc::new(Proxy::new(Arc::clone(&shared), &config, listener, addr));
+        bound.push(Bound { listener: socket, proxy });
+    }
+    warm_up(&config, &cache);
+    server::run(bound, shutdown_signal(), config.shutdown_grace).await;
+    ExitCode::SUCCESS
+}
+
+/// Fetches every credential in the background so the first request does not wait, and
+/// says at start which routes cannot work yet and why.
+fn warm_up(config: &Config, cache: &CredentialCache) {
+    for (index, slot) in cache.slots().iter().enumerate() {
+        if slot.source.is_literal() {
+            tracing::warn!(credential = %slot.name,
+                "the key is written in the config file; prefer `env`, `file` or `helper` so the file can be shared");
+        }
+        let routes: Vec<String> = config
+            .routes()
+            .filter(|(_, r)| r.credential == index)
+            .map(|(l, r)| cli::base_url(l.addr, &r.prefix))
+            .collect();
+        let cache = cache.clone();
+        let name = slot.name.clone();
+        let source = slot.source.describe();
+        tokio::spawn(async move {
+            match cache.get(index).await {
+                Ok(_) => tracing::info!(credential = %name, %source, "credential ready"),
+                Err(error) => tracing::warn!(credential = %name, %source, routes = %routes.join(", "), %error,
+                    "credential not available yet; its routes answer 502 with this reason until it is"),
+            }
+        });
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops credproxy gracefully");
+            let _ = interrupt.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+    tracing::info!("shutting down: no new connections; finishing the open ones");
+}

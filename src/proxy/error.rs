@@ -1,0 +1,135 @@
+//! Every way a request can fail inside credproxy, each with a side, one status and a JSON
+//! body in the Anthropic error shape, so SDKs show the message as they show any API error.
+//! Messages name the route, the credential and the cause — never a secret.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+
+use super::ResponseBody;
+use crate::credentials::SourceError;
+
+/// Who has to act for the request to succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    CredentialSource,
+    Upstream,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::CredentialSource => "credential",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("requests for host `{host}` are refused (DNS rebinding protection); call credproxy as localhost or 127.0.0.1, or add the name to `allowed_hosts` in the config")]
+    HostNotAllowed { host: String },
+    #[error("browser requests from origin `{origin}` are refused; add it to `allowed_origins` in the config if you trust that page with your credentials")]
+    OriginNotAllowed { origin: String },
+    #[error("cross-site browser requests are refused; add the calling page's origin to `allowed_origins` in the config if you trust it")]
+    CrossSite,
+    #[error("no route for `{path}`; the configured prefixes are {prefixes}")]
+    NoRoute { path: String, prefixes: String },
+    #[error("the request body is larger than the limit of {limit} bytes; raise `max_body` in the config to send larger requests")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body could not be read: {cause}")]
+    BodyUnreadable { cause: String },
+    #[error("route `{route}` could not get credential `{credential}` ({source_name}): {cause}")]
+    Credential {
+        route: String,
+        credential: String,
+        source_name: String,
+        cause: Arc<SourceError>,
+    },
+    #[error("route `{route}` could not apply credential `{credential}`: {cause}")]
+    Apply {
+        route: String,
+        credential: String,
+        cause: String,
+    },
+    #[error("route `{route}` could not reach {upstream}: {cause}")]
+    UpstreamUnreachable {
+        route: String,
+        upstream: String,
+        cause: String,
+    },
+    #[error("route `{route}`: {upstream} did not answer within {}", humantime::format_duration(*.waited))]
+    UpstreamTimeout {
+        route: String,
+        upstream: String,
+        waited: Duration,
+    },
+}
+
+impl ProxyError {
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::HostNotAllowed { .. }
+            | ProxyError::OriginNotAllowed { .. }
+            | ProxyError::CrossSite
+            | ProxyError::NoRoute { .. }
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyUnreadable { .. } => Side::Client,
+            ProxyError::Credential { .. } | ProxyError::Apply { .. } => Side::CredentialSource,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+                Side::Upstream
+            }
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::HostNotAllowed { .. }
+            | ProxyError::OriginNotAllowed { .. }
+            | ProxyError::CrossSite => StatusCode::FORBIDDEN,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyUnreadable { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Credential { .. }
+            | ProxyError::Apply { .. }
+            | ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The Anthropic API's error type for this status.
+    fn error_type(&self) -> &'static str {
+        match self.status() {
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::GATEWAY_TIMEOUT => "timeout_error",
+            _ => "api_error",
+        }
+    }
+
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {
+                "type": self.error_type(),
+                "message": format!("credproxy: {self}"),
+            }
+        });
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            "x-credproxy-error",
+            HeaderValue::from_static(self.side().as_str()),
+        );
+        response
+    }
+}

@@ -1,0 +1,134 @@
+//! Local safety, checked before routing: only callers that name credproxy by a loopback or
+//! configured host, and no browser page from another site. A web page can otherwise reach
+//! 127.0.0.1 (DNS rebinding, cross-site fetch) and spend the user's credentials.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{HOST, ORIGIN};
+use http::request::Parts;
+
+use super::error::ProxyError;
+use crate::config::GuardConfig;
+
+#[derive(Debug)]
+pub struct Guard {
+    config: GuardConfig,
+    listener: SocketAddr,
+}
+
+impl Guard {
+    pub fn new(config: GuardConfig, listener: SocketAddr) -> Self {
+        Guard { config, listener }
+    }
+
+    pub fn check(&self, request: &Parts) -> Result<(), ProxyError> {
+        let host = request
+            .uri
+            .authority()
+            .map(|a| a.host())
+            .or_else(|| request.headers.get(HOST).and_then(|h| h.to_str().ok()).map(host_part));
+        if let Some(host) = host
+            && !self.host_allowed(host)
+        {
+            return Err(ProxyError::HostNotAllowed {
+                host: printable(host),
+            });
+        }
+        if let Some(origin) = request.headers.get(ORIGIN) {
+            let value = origin.to_str().unwrap_or("");
+            let allowed = self
+                .config
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(value));
+            if !allowed {
+                return Err(ProxyError::OriginNotAllowed {
+                    origin: printable(value),
+                });
+            }
+        } else if request
+            .headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        {
+            return Err(ProxyError::CrossSite);
+        }
+        Ok(())
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return ip.is_loopback() || ip == self.listener.ip();
+        }
+        self.config
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(bare))
+    }
+}
+
+/// `host[:port]` → `host`, keeping IPv6 brackets.
+fn host_part(value: &str) -> &str {
+    if value.starts_with('[') {
+        value.find(']').map_or(value, |end| &value[..=end])
+    } else {
+        value.split(':').next().unwrap_or(value)
+    }
+}
+
+/// Hosts and origins go into error messages; keep them short and printable.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(100).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = Request::builder().uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn guard(hosts: &[&str], origins: &[&str]) -> Guard {
+        Guard::new(
+            GuardConfig {
+                allowed_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+                allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
+            },
+            "127.0.0.1:8787".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn loopback_names_pass_and_other_hosts_are_refused() {
+        let g = guard(&["proxy.internal"], &[]);
+        for host in ["localhost:8787", "127.0.0.1:8787", "127.0.0.1", "[::1]:8787", "LOCALHOST", "proxy.internal:8787"] {
+            assert!(g.check(&parts("/v1/messages", &[("host", host)])).is_ok(), "{host}");
+        }
+        for host in ["evil.example:8787", "10.0.0.5:8787", "localhost.evil.example"] {
+            assert!(matches!(g.check(&parts("/", &[("host", host)])), Err(ProxyError::HostNotAllowed { .. })), "{host}");
+        }
+        // An absolute-form request names its host in the URI.
+        assert!(g.check(&parts("http://evil.example/v1/messages", &[("host", "localhost")])).is_err());
+    }
+
+    #[test]
+    fn browser_requests_need_an_allowed_origin() {
+        let g = guard(&[], &["http://localhost:3000"]);
+        let host = ("host", "localhost:8787");
+        assert!(g.check(&parts("/", &[host, ("origin", "http://localhost:3000")])).is_ok());
+        assert!(matches!(g.check(&parts("/", &[host, ("origin", "https://evil.example")])), Err(ProxyError::OriginNotAllowed { .. })));
+        assert!(matches!(g.check(&parts("/", &[host, ("sec-fetch-site", "cross-site")])), Err(ProxyError::CrossSite)));
+        assert!(g.check(&parts("/", &[host, ("sec-fetch-site", "none")])).is_ok());
+    }
+}

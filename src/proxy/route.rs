@@ -1,0 +1,159 @@
+//! The closed route table of one listener: path prefix → upstream + credential.
+//!
+//! Routing looks only at the request path; the client's Host, absolute-form URI or any
+//! header cannot steer a request to a host that is not in the table.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::Uri;
+use http::uri::{InvalidUriParts, PathAndQuery};
+
+use crate::config::Route;
+
+#[derive(Debug)]
+pub struct RouteTable {
+    /// Longest prefix first.
+    routes: Vec<Route>,
+    /// For the 404 message.
+    prefixes: String,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        let prefixes = routes
+            .iter()
+            .map(|r| format!("`{}`", r.prefix))
+            .collect::<Vec<_>>()
+            .join(", ");
+        RouteTable { routes, prefixes }
+    }
+
+    /// The route with the longest prefix that matches whole path segments of `path`.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
+    }
+
+    pub fn prefixes(&self) -> &str {
+        &self.prefixes
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The upstream URI for a request: the route's base path followed by the request's path
+/// after the prefix, and the query, byte for byte as received (nothing is decoded or
+/// re-encoded).
+pub fn upstream_uri(route: &Route, request: &PathAndQuery) -> Result<Uri, InvalidUriParts> {
+    let upstream = &route.upstream;
+    let rest = if route.prefix == "/" {
+        request.as_str()
+    } else {
+        &request.as_str()[route.prefix.len()..]
+    };
+    let path_and_query = if upstream.base_path.is_empty() && rest.starts_with('/') {
+        if route.prefix == "/" {
+            request.clone()
+        } else {
+            from_parts(&[rest])
+        }
+    } else {
+        // Nothing (or only a query) after the prefix: the base path itself, or `/`.
+        let base = if upstream.base_path.is_empty() && !rest.starts_with('/') {
+            "/"
+        } else {
+            &upstream.base_path
+        };
+        from_parts(&[base, rest])
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(upstream.scheme.clone());
+    parts.authority = Some(upstream.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts)
+}
+
+fn from_parts(pieces: &[&str]) -> PathAndQuery {
+    let mut bytes = BytesMut::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for piece in pieces {
+        bytes.put_slice(piece.as_bytes());
+    }
+    // Every piece came from a parsed PathAndQuery or a validated config path.
+    PathAndQuery::from_maybe_shared(Bytes::from(bytes)).expect("joined path is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use http::uri::{Authority, Scheme};
+
+    use super::*;
+    use crate::config::Upstream;
+
+    fn route(prefix: &str, upstream: &str) -> Route {
+        let uri = Uri::from_str(upstream).unwrap();
+        Route {
+            prefix: prefix.to_string(),
+            upstream: Upstream {
+                scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTPS),
+                authority: Authority::from_str(uri.authority().unwrap().as_str()).unwrap(),
+                base_path: uri.path().trim_end_matches('/').to_string(),
+            },
+            credential: 0,
+        }
+    }
+
+    fn forwarded(route: &Route, path: &str) -> String {
+        upstream_uri(route, &PathAndQuery::from_str(path).unwrap()).unwrap().to_string()
+    }
+
+    #[test]
+    fn longest_whole_segment_prefix_wins() {
+        let table = RouteTable::new(vec![
+            route("/", "https://api.anthropic.com"),
+            route("/bedrock", "https://bedrock-runtime.us-east-1.amazonaws.com"),
+            route("/bedrock/control", "https://bedrock.us-east-1.amazonaws.com"),
+        ]);
+        assert_eq!(table.find("/v1/messages").unwrap().prefix, "/");
+        assert_eq!(table.find("/bedrock").unwrap().prefix, "/bedrock");
+        assert_eq!(table.find("/bedrock/model/x/invoke").unwrap().prefix, "/bedrock");
+        assert_eq!(table.find("/bedrock/control/x").unwrap().prefix, "/bedrock/control");
+        assert_eq!(table.find("/bedrockx").unwrap().prefix, "/");
+        let no_root = RouteTable::new(vec![route("/vertex", "https://aiplatform.googleapis.com")]);
+        assert!(no_root.find("/v1/messages").is_none());
+        assert_eq!(no_root.prefixes(), "`/vertex`");
+    }
+
+    #[test]
+    fn path_and_query_bytes_are_kept_exactly() {
+        let anthropic = route("/", "https://api.anthropic.com");
+        assert_eq!(
+            forwarded(&anthropic, "/v1/messages?beta=true"),
+            "https://api.anthropic.com/v1/messages?beta=true"
+        );
+        let bedrock = route("/bedrock", "https://bedrock-runtime.us-east-1.amazonaws.com");
+        assert_eq!(
+            forwarded(&bedrock, "/bedrock/model/arn:aws:bedrock:us-east-1:1:application-inference-profile%2Fabc/invoke"),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/arn:aws:bedrock:us-east-1:1:application-inference-profile%2Fabc/invoke"
+        );
+        assert_eq!(
+            forwarded(&bedrock, "/bedrock/model/a%3Ab%20c/invoke?x=%2F&y"),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/a%3Ab%20c/invoke?x=%2F&y"
+        );
+        let foundry = route("/foundry", "https://r.services.ai.azure.com/anthropic/");
+        assert_eq!(forwarded(&foundry, "/foundry/v1/messages"), "https://r.services.ai.azure.com/anthropic/v1/messages");
+        assert_eq!(forwarded(&foundry, "/foundry"), "https://r.services.ai.azure.com/anthropic");
+        assert_eq!(forwarded(&foundry, "/foundry?q=1"), "https://r.services.ai.azure.com/anthropic?q=1");
+        assert_eq!(forwarded(&bedrock, "/bedrock?q=1"), "https://bedrock-runtime.us-east-1.amazonaws.com/?q=1");
+        assert_eq!(forwarded(&bedrock, "/bedrock"), "https://bedrock-runtime.us-east-1.amazonaws.com/");
+    }
+}

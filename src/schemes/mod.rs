@@ -1,0 +1,78 @@
+//! Schemes: how a credential goes onto a request, and which upstream answers mean that it
+//! went bad. One file per scheme; [`Scheme`] dispatches with an exhaustive `match`.
+//!
+//! Both halves run in the retry loop of [`crate::proxy`]: [`Scheme::apply`] right before
+//! each attempt is sent (so signatures are fresh on a replay), [`Scheme::classify`] after
+//! the upstream answered the first attempt and before any byte went to the client.
+
+mod header;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::Full;
+
+use crate::config::CredentialSpec;
+use crate::credentials::Credential;
+pub use header::HeaderScheme;
+
+#[derive(Debug, Clone)]
+pub enum Scheme {
+    /// A key or token in one header (`x-api-key`, `Authorization: Bearer`, `api-key`, ...).
+    Header(HeaderScheme),
+}
+
+/// What to do with the upstream's answer to the first attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not a credential problem: pass it to the client as it is.
+    Deliver,
+    /// The credential was rejected: invalidate it, fetch a new one, replay.
+    Refresh,
+    /// The signature (not the credential) was rejected, e.g. for clock skew: sign again
+    /// with the same credential and replay.
+    Resign,
+    /// Cannot tell from status and headers alone: read up to `max_bytes` of the (error)
+    /// body and ask [`Scheme::classify_body`].
+    Inspect { max_bytes: usize },
+}
+
+/// Applying a credential failed (a signer refused the input).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ApplyError(pub String);
+
+impl Scheme {
+    /// The scheme a credential is applied with; decided by its kind and settings.
+    pub fn for_credential(spec: &CredentialSpec) -> Scheme {
+        match spec {
+            CredentialSpec::Key(key) => Scheme::Header(HeaderScheme::new(key.apply.clone())),
+        }
+    }
+
+    /// Puts the credential on an upstream request whose client credentials are already
+    /// stripped. `body` is the exact body that will be sent.
+    pub fn apply(
+        &self,
+        request: &mut Request<Full<Bytes>>,
+        body: &Bytes,
+        credential: &Credential,
+    ) -> Result<(), ApplyError> {
+        match self {
+            Scheme::Header(scheme) => scheme.apply(request, body, credential),
+        }
+    }
+
+    /// Judges the response to a first attempt from its status and headers.
+    pub fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
+        match self {
+            Scheme::Header(scheme) => scheme.classify(status, headers),
+        }
+    }
+
+    /// Judges a response whose first verdict was [`Verdict::Inspect`], from its body prefix.
+    pub fn classify_body(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
+        match self {
+            Scheme::Header(scheme) => scheme.classify_body(status, headers, body),
+        }
+    }
+}
