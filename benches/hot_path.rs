@@ -1,1 +1,111 @@
-fn main(){}
+//! Micro-benchmarks of what every proxied request pays for, besides the network.
+//! Run: `cargo bench --bench hot_path`. The end-to-end overhead (direct vs through
+//! credproxy, in one run) is measured by `benches/e2e.sh`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use credproxy::config::{Apply, Route, Upstream};
+use credproxy::credentials::{CredentialCache, Secret, Slot, Source, StaticKey};
+use credproxy::proxy::headers::strip_request;
+use credproxy::proxy::route::{RouteTable, upstream_uri};
+use credproxy::schemes::{HeaderScheme, Scheme};
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::uri::{Authority, PathAndQuery, Scheme as UriScheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http_body_util::Full;
+
+fn route(prefix: &str, host: &str) -> Route {
+    Route {
+        prefix: prefix.into(),
+        upstream: Upstream {
+            scheme: UriScheme::HTTPS,
+            authority: Authority::from_str(host).unwrap(),
+            base_path: String::new(),
+        },
+        credential: 0,
+    }
+}
+
+/// The headers Claude Code sends on a `/v1/messages` call.
+fn client_headers() -> HeaderMap {
+    [
+        ("host", "127.0.0.1:8787"),
+        ("x-api-key", "dummy"),
+        ("authorization", "Bearer dummy"),
+        ("anthropic-version", "2023-06-01"),
+        (
+            "anthropic-beta",
+            "claude-code-20250219,interleaved-thinking-2025-05-14",
+        ),
+        ("content-type", "application/json"),
+        ("content-length", "8192"),
+        ("user-agent", "claude-cli/2.0.0 (external, cli)"),
+        ("x-app", "cli"),
+        (
+            "x-claude-code-session-id",
+            "6a1f8c7e-0000-4000-8000-000000000000",
+        ),
+        ("x-stainless-lang", "js"),
+        ("accept", "application/json"),
+        ("connection", "keep-alive"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+    .collect()
+}
+
+fn route_match(c: &mut Criterion) {
+    let table = RouteTable::new(vec![
+        route("/", "api.anthropic.com"),
+        route("/bedrock", "bedrock-runtime.us-east-1.amazonaws.com"),
+        route("/vertex", "us-east5-aiplatform.googleapis.com"),
+        route("/foundry", "r.services.ai.azure.com"),
+    ]);
+    let path = PathAndQuery::from_static(
+        "/bedrock/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke",
+    );
+    c.bench_function("route_match_and_upstream_uri_4_routes", |b| {
+        b.iter(|| {
+            let route = table.find(std::hint::black_box(path.path())).unwrap();
+            upstream_uri(route, &path).unwrap()
+        })
+    });
+}
+
+fn strip_and_inject(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cache = CredentialCache::new(vec![Slot {
+        name: "anthropic".into(),
+        source: Source::Static(StaticKey::Literal(Secret::new(
+            "sk-ant-api03-0123456789abcdef0123456789abcdef",
+        ))),
+    }]);
+    let credential = runtime.block_on(cache.get(0)).unwrap();
+    let scheme = Scheme::Header(HeaderScheme::new(Apply::Header(HeaderName::from_static(
+        "x-api-key",
+    ))));
+    let headers = client_headers();
+    let body = Bytes::from(vec![b'x'; 8192]);
+    c.bench_function("strip_client_headers_and_inject_x_api_key", |b| {
+        b.iter(|| {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.headers_mut() = headers.clone();
+            strip_request(request.headers_mut());
+            scheme.apply(&mut request, &body, &credential).unwrap();
+            request
+        })
+    });
+    c.bench_function("credential_cache_hit", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { cache.get(0).await.unwrap() })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = route_match, strip_and_inject
+}
+criterion_main!(benches);

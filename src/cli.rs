@@ -25,7 +25,11 @@ pub async fn check(config: &Config) -> Vec<CheckRow> {
         .credentials
         .iter()
         .map(|c| {
-            let (name, kind, source) = (c.name.clone(), c.spec.kind_name(), Source::from_spec(&c.spec));
+            let (name, kind, source) = (
+                c.name.clone(),
+                c.spec.kind_name(),
+                Source::from_spec(&c.spec),
+            );
             tokio::spawn(async move {
                 let (expires_in, status) = match source.fetch().await {
                     Ok(fetched) => (expires_in(fetched.lifetime), Ok(())),
@@ -88,7 +92,13 @@ pub fn format_check(rows: &[CheckRow]) -> String {
             .iter()
             .zip(widths)
             .enumerate()
-            .map(|(i, (c, w))| if i + 1 == cols.len() { c.to_string() } else { format!("{c:<w$}") })
+            .map(|(i, (c, w))| {
+                if i + 1 == cols.len() {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
             .collect();
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
@@ -102,7 +112,11 @@ pub fn format_check(rows: &[CheckRow]) -> String {
 /// The base URL a client on this machine uses for a listener and prefix.
 pub fn base_url(addr: SocketAddr, prefix: &str) -> String {
     let host = if addr.ip().is_unspecified() {
-        if addr.is_ipv4() { "127.0.0.1".to_string() } else { "[::1]".to_string() }
+        if addr.is_ipv4() {
+            "127.0.0.1".to_string()
+        } else {
+            "[::1]".to_string()
+        }
     } else {
         match addr {
             SocketAddr::V4(a) => a.ip().to_string(),

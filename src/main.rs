@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use credproxy::cli;
 use credproxy::config::{Config, EMBEDDED_DEFAULT};
 use credproxy::credentials::{self, CredentialCache};
 use credproxy::proxy::{self, Proxy, Shared};
 use credproxy::server::{self, Bound};
 use credproxy::telemetry::{self, LogFormat};
-use credproxy::cli;
 
 /// A local authenticating reverse proxy for AI model APIs: point a client's base URL at it,
 /// and it adds the real credential to every request.
@@ -58,7 +58,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("credproxy: cannot start the async runtime: {error}");
@@ -115,7 +118,10 @@ async fn run(config: Config) -> ExitCode {
             .collect();
         tracing::info!(target: "credproxy::server", %addr, routes = %routes.join(", "), "listening");
         let proxy = Arc::new(Proxy::new(Arc::clone(&shared), &config, listener, addr));
-        bound.push(Bound { listener: socket, proxy });
+        bound.push(Bound {
+            listener: socket,
+            proxy,
+        });
     }
     warm_up(&config, &cache);
     server::run(bound, shutdown_signal(), config.shutdown_grace).await;
@@ -141,8 +147,10 @@ fn warm_up(config: &Config, cache: &CredentialCache) {
         tokio::spawn(async move {
             match cache.get(index).await {
                 Ok(_) => tracing::info!(credential = %name, %source, "credential ready"),
-                Err(error) => tracing::warn!(credential = %name, %source, routes = %routes.join(", "), %error,
-                    "credential not available yet; its routes answer 502 with this reason until it is"),
+                Err(error) => {
+                    tracing::warn!(credential = %name, %source, routes = %routes.join(", "), %error,
+                    "credential not available yet; its routes answer 502 with this reason until it is")
+                }
             }
         });
     }
@@ -150,7 +158,9 @@ fn warm_up(config: &Config, cache: &CredentialCache) {
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let mut terminate = match tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::terminate(),
+    ) {
         Ok(signal) => signal,
         Err(error) => {
             tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops credproxy gracefully");

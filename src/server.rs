@@ -44,11 +44,7 @@ pub async fn run(bound: Vec<Bound>, shutdown: impl Future<Output = ()>, grace: D
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    graceful: Arc<GracefulShutdown>,
-) {
+async fn accept(listener: TcpListener, proxy: Arc<Proxy>, graceful: Arc<GracefulShutdown>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let (stream, peer) = match listener.accept().await {

@@ -4,6 +4,7 @@
 //! query, status, attempts, upstream and total milliseconds, credential name). Headers are
 //! never logged, so no key, token or signature can reach the log through it.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode, Uri};
@@ -27,6 +28,7 @@ pub fn init(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     match format {
         LogFormat::Text => builder.init(),

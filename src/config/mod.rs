@@ -63,7 +63,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub addr: SocketAddr,
-    /// Sorted longest prefix first, so the first match is the longest.
+    /// In config order; the proxy's route table orders them for matching.
     pub routes: Vec<Route>,
 }
 
@@ -135,7 +135,10 @@ pub struct KeySpec {
 #[derive(Debug, Clone)]
 pub enum KeyFrom {
     Env(String),
-    File { path: PathBuf, ttl: Option<Duration> },
+    File {
+        path: PathBuf,
+        ttl: Option<Duration>,
+    },
     Literal(Secret),
     Helper(String),
 }
@@ -172,7 +175,9 @@ impl Config {
     /// Reads `--config PATH`, else `$CREDPROXY_CONFIG`, else the embedded default.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let from_env = std::env::var_os("CREDPROXY_CONFIG").filter(|v| !v.is_empty());
-        let path = explicit.map(Path::to_path_buf).or(from_env.map(PathBuf::from));
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or(from_env.map(PathBuf::from));
         match path {
             None => Config::parse(EMBEDDED_DEFAULT, ConfigOrigin::Embedded),
             Some(path) => {

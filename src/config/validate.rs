@@ -60,9 +60,14 @@ pub(super) fn validate(text: &str, origin: ConfigOrigin) -> Result<Config, Confi
 
 fn hint_for_parse_error(message: &str) -> Option<String> {
     if message.starts_with("unknown field") {
-        Some("remove the key or correct its spelling; the keys this table takes are listed above".into())
+        Some(
+            "remove the key or correct its spelling; the keys this table takes are listed above"
+                .into(),
+        )
     } else if message.contains("invalid type") {
-        Some("check the value's type: strings are quoted, lists use [ ], true/false are bare".into())
+        Some(
+            "check the value's type: strings are quoted, lists use [ ], true/false are bare".into(),
+        )
     } else {
         None
     }
@@ -90,7 +95,11 @@ impl Validator<'_> {
             Some(text) => match parse_duration(text.get_ref()) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.report(text, e, "write a duration such as \"30s\", \"5m\" or \"1h30m\"".to_string());
+                    self.report(
+                        text,
+                        e,
+                        "write a duration such as \"30s\", \"5m\" or \"1h30m\"".to_string(),
+                    );
                     default
                 }
             },
@@ -98,15 +107,26 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let allow_non_loopback = raw.allow_non_loopback.as_ref().is_some_and(|b| *b.get_ref());
+        let allow_non_loopback = raw
+            .allow_non_loopback
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
         let default_listen = match &raw.listen {
             Some(text) => self.listen_addr(text, allow_non_loopback),
-            None => Some(DEFAULT_LISTEN.parse().expect("default listen address parses")),
+            None => Some(
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("default listen address parses"),
+            ),
         };
         let max_body = match &raw.max_body {
             None => DEFAULT_MAX_BODY,
             Some(text) => parse_size(text.get_ref()).unwrap_or_else(|e| {
-                self.report(text, e, "write a size such as \"32MiB\" or \"512KiB\"".to_string());
+                self.report(
+                    text,
+                    e,
+                    "write a size such as \"32MiB\" or \"512KiB\"".to_string(),
+                );
                 DEFAULT_MAX_BODY
             }),
         };
@@ -117,7 +137,13 @@ impl Validator<'_> {
         let ca_file = raw.ca_file.as_ref().map(|p| self.path(p.get_ref()));
 
         let (credentials, index) = self.credentials(&raw.credentials);
-        let listeners = self.routes(&raw.routes, default_listen, allow_non_loopback, &index, &credentials);
+        let listeners = self.routes(
+            &raw.routes,
+            default_listen,
+            allow_non_loopback,
+            &index,
+            &credentials,
+        );
         Config {
             origin: self.origin.clone(),
             listeners,
@@ -137,7 +163,8 @@ impl Validator<'_> {
                 self.report(
                     text,
                     format!("`{}` is not an address to listen on", text.get_ref()),
-                    "write an IP address and port, such as \"127.0.0.1:8787\" or \"[::1]:8787\"".to_string(),
+                    "write an IP address and port, such as \"127.0.0.1:8787\" or \"[::1]:8787\""
+                        .to_string(),
                 );
                 None
             }
@@ -158,7 +185,11 @@ impl Validator<'_> {
         for host in &raw.allowed_hosts {
             let name = host.get_ref().trim().to_ascii_lowercase();
             if name.is_empty() || name.contains(['/', ' ']) {
-                self.report(host, format!("`{}` is not a host name", host.get_ref()), "write a bare host name such as \"credproxy.internal\"".to_string());
+                self.report(
+                    host,
+                    format!("`{}` is not a host name", host.get_ref()),
+                    "write a bare host name such as \"credproxy.internal\"".to_string(),
+                );
             } else {
                 guard.allowed_hosts.push(name);
             }
@@ -166,13 +197,16 @@ impl Validator<'_> {
         for origin in &raw.allowed_origins {
             let value = origin.get_ref().trim().trim_end_matches('/');
             match Uri::from_str(value) {
-                Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() && uri.path() == "/" => {
+                Ok(uri)
+                    if uri.scheme().is_some() && uri.authority().is_some() && uri.path() == "/" =>
+                {
                     guard.allowed_origins.push(value.to_ascii_lowercase());
                 }
                 _ => self.report(
                     origin,
                     format!("`{}` is not a browser origin", origin.get_ref()),
-                    "write scheme, host and port only, such as \"http://localhost:3000\"".to_string(),
+                    "write scheme, host and port only, such as \"http://localhost:3000\""
+                        .to_string(),
                 ),
             }
         }
@@ -266,7 +300,10 @@ impl Validator<'_> {
             );
             ok = false;
         }
-        for (key, text) in sources.iter().chain(raw.helper_env.as_ref().map(|t| ("helper_env", t)).iter()) {
+        for (key, text) in sources
+            .iter()
+            .chain(raw.helper_env.as_ref().map(|t| ("helper_env", t)).iter())
+        {
             if text.get_ref().trim().is_empty() {
                 self.report(text, format!("`{key}` is empty"), None);
                 ok = false;
@@ -278,14 +315,26 @@ impl Validator<'_> {
             && !is_helper
             && !is_file
         {
-            self.report(ttl, "`ttl` applies only to a `helper`, `helper_env` or `file` key", "remove `ttl`: keys from `env` or `value` never change while credproxy runs".to_string());
+            self.report(
+                ttl,
+                "`ttl` applies only to a `helper`, `helper_env` or `file` key",
+                "remove `ttl`: keys from `env` or `value` never change while credproxy runs"
+                    .to_string(),
+            );
         }
         if let Some(timeout) = &raw.helper_timeout
             && !is_helper
         {
-            self.report(timeout, "`helper_timeout` applies only to a `helper` or `helper_env` key", "remove `helper_timeout`".to_string());
+            self.report(
+                timeout,
+                "`helper_timeout` applies only to a `helper` or `helper_env` key",
+                "remove `helper_timeout`".to_string(),
+            );
         }
-        let ttl = raw.ttl.as_ref().map(|t| self.duration(&Some(t.clone()), DEFAULT_HELPER_TTL));
+        let ttl = raw
+            .ttl
+            .as_ref()
+            .map(|t| self.duration(&Some(t.clone()), DEFAULT_HELPER_TTL));
         let helper_ttl = ttl.unwrap_or(DEFAULT_HELPER_TTL);
         let helper_timeout = self.duration(&raw.helper_timeout, DEFAULT_HELPER_TIMEOUT);
         let apply = self.apply(raw.apply.as_ref());
@@ -293,7 +342,12 @@ impl Validator<'_> {
         if let Some(env) = &raw.env
             && !is_env_name(env.get_ref())
         {
-            self.report(env, format!("`{}` is not an environment variable name", env.get_ref()), "write the variable's name, such as \"ANTHROPIC_API_KEY\", not its value".to_string());
+            self.report(
+                env,
+                format!("`{}` is not an environment variable name", env.get_ref()),
+                "write the variable's name, such as \"ANTHROPIC_API_KEY\", not its value"
+                    .to_string(),
+            );
             ok = false;
         }
         if let Some(env) = &raw.helper_env
@@ -305,11 +359,16 @@ impl Validator<'_> {
         let from = if let Some(env) = &raw.env {
             Some(KeyFrom::Env(env.get_ref().clone()))
         } else if let Some(file) = &raw.file {
-            Some(KeyFrom::File { path: self.path(file.get_ref()), ttl })
+            Some(KeyFrom::File {
+                path: self.path(file.get_ref()),
+                ttl,
+            })
         } else if let Some(value) = &raw.value {
             Some(KeyFrom::Literal(Secret::new(value.get_ref().trim())))
         } else {
-            raw.helper.as_ref().map(|h| KeyFrom::Helper(h.get_ref().clone()))
+            raw.helper
+                .as_ref()
+                .map(|h| KeyFrom::Helper(h.get_ref().clone()))
         };
         let apply = apply?;
         ok.then_some(KeySpec {
@@ -331,11 +390,23 @@ impl Validator<'_> {
         }
         match HeaderName::from_str(value) {
             Ok(name) if name == http::header::AUTHORIZATION => {
-                self.report(text, "`apply = \"authorization\"` would send the bare key without a scheme", "write `apply = \"bearer\"` for `Authorization: Bearer <key>`".to_string());
+                self.report(
+                    text,
+                    "`apply = \"authorization\"` would send the bare key without a scheme",
+                    "write `apply = \"bearer\"` for `Authorization: Bearer <key>`".to_string(),
+                );
                 None
             }
-            Ok(name) if is_never_forwarded(&name) && !crate::proxy::headers::is_client_credential(&name) => {
-                self.report(text, format!("`{name}` is a connection header and cannot carry a key"), "write `apply = \"x-api-key\"`, `\"bearer\"` or another end-to-end header name".to_string());
+            Ok(name)
+                if is_never_forwarded(&name)
+                    && !crate::proxy::headers::is_client_credential(&name) =>
+            {
+                self.report(
+                    text,
+                    format!("`{name}` is a connection header and cannot carry a key"),
+                    "write `apply = \"x-api-key\"`, `\"bearer\"` or another end-to-end header name"
+                        .to_string(),
+                );
                 None
             }
             Ok(name) => Some(Apply::Header(name)),
@@ -356,11 +427,18 @@ impl Validator<'_> {
     ) -> Vec<Listener> {
         let mut listeners: Vec<Listener> = Vec::new();
         if let Some(addr) = default_listen {
-            listeners.push(Listener { addr, routes: Vec::new() });
+            listeners.push(Listener {
+                addr,
+                routes: Vec::new(),
+            });
         }
         let mut seen: HashMap<(SocketAddr, String), ()> = HashMap::new();
         if raw.is_empty() {
-            let problem = self.text.problem(0..0, "the config has no routes, so credproxy would answer every request with 404", Some("add a `[[routes]]` table with `prefix`, `upstream` and `credential`".into()));
+            let problem = self.text.problem(
+                0..0,
+                "the config has no routes, so credproxy would answer every request with 404",
+                Some("add a `[[routes]]` table with `prefix`, `upstream` and `credential`".into()),
+            );
             self.problems.push(problem);
         }
         for route in raw {
@@ -374,37 +452,61 @@ impl Validator<'_> {
             let credential = match index.get(r.credential.get_ref()) {
                 Some(&i) => Some(i),
                 None => {
-                    let names: Vec<_> = credentials.iter().map(|c| format!("\"{}\"", c.name)).collect();
+                    let names: Vec<_> = credentials
+                        .iter()
+                        .map(|c| format!("\"{}\"", c.name))
+                        .collect();
                     let hint = if names.is_empty() {
                         format!("add a [credentials.{}] table", r.credential.get_ref())
                     } else {
-                        format!("write one of {}, or add a [credentials.{}] table", names.join(", "), r.credential.get_ref())
+                        format!(
+                            "write one of {}, or add a [credentials.{}] table",
+                            names.join(", "),
+                            r.credential.get_ref()
+                        )
                     };
-                    self.report(&r.credential, format!("route uses credential `{}`, which is not defined", r.credential.get_ref()), hint);
+                    self.report(
+                        &r.credential,
+                        format!(
+                            "route uses credential `{}`, which is not defined",
+                            r.credential.get_ref()
+                        ),
+                        hint,
+                    );
                     None
                 }
             };
-            let (Some(addr), Some(prefix), Some(upstream), Some(credential)) = (addr, prefix, upstream, credential) else {
+            let (Some(addr), Some(prefix), Some(upstream), Some(credential)) =
+                (addr, prefix, upstream, credential)
+            else {
                 continue;
             };
             if credential == usize::MAX {
                 continue; // the credential itself was reported
             }
             if seen.insert((addr, prefix.clone()), ()).is_some() {
-                self.report(&r.prefix, format!("prefix `{prefix}` is used twice on {addr}"), "give each route on one listener its own prefix".to_string());
+                self.report(
+                    &r.prefix,
+                    format!("prefix `{prefix}` is used twice on {addr}"),
+                    "give each route on one listener its own prefix".to_string(),
+                );
                 continue;
             }
             let listener = match listeners.iter_mut().position(|l| l.addr == addr) {
                 Some(i) => &mut listeners[i],
                 None => {
-                    listeners.push(Listener { addr, routes: Vec::new() });
+                    listeners.push(Listener {
+                        addr,
+                        routes: Vec::new(),
+                    });
                     listeners.last_mut().expect("just pushed")
                 }
             };
-            listener.routes.push(Route { prefix, upstream, credential });
-        }
-        for listener in &mut listeners {
-            listener.routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            listener.routes.push(Route {
+                prefix,
+                upstream,
+                credential,
+            });
         }
         // A default listener with no routes of its own is not bound.
         listeners.retain(|l| !l.routes.is_empty());
@@ -417,11 +519,19 @@ impl Validator<'_> {
             && !value.contains(['?', '#', ' '])
             && http::uri::PathAndQuery::from_str(value).is_ok();
         if !ok {
-            self.report(text, format!("`{value}` is not a path prefix"), "write a path starting with `/`, such as \"/\" or \"/bedrock\"".to_string());
+            self.report(
+                text,
+                format!("`{value}` is not a path prefix"),
+                "write a path starting with `/`, such as \"/\" or \"/bedrock\"".to_string(),
+            );
             return None;
         }
         let trimmed = value.trim_end_matches('/');
-        Some(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
+        Some(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        })
     }
 
     fn upstream(&mut self, text: &Text) -> Option<Upstream> {
@@ -436,17 +546,30 @@ impl Validator<'_> {
             return None;
         };
         if uri.query().is_some() || authority.as_str().contains('@') {
-            self.report(text, format!("`{value}` carries a query or user info"), "write only scheme, host and path; credentials go in a [credentials] table".to_string());
+            self.report(
+                text,
+                format!("`{value}` carries a query or user info"),
+                "write only scheme, host and path; credentials go in a [credentials] table"
+                    .to_string(),
+            );
             return None;
         }
         let host = authority.host();
         let is_https = *scheme == Scheme::HTTPS;
         if !is_https && *scheme != Scheme::HTTP {
-            self.report(text, format!("`{scheme}` is not a supported scheme"), "write an https:// URL".to_string());
+            self.report(
+                text,
+                format!("`{scheme}` is not a supported scheme"),
+                "write an https:// URL".to_string(),
+            );
             return None;
         }
         if !is_https && !is_loopback_host(host) {
-            self.report(text, format!("`{value}` would send credentials unencrypted to another machine"), format!("write https://{}", &value["http://".len()..]));
+            self.report(
+                text,
+                format!("`{value}` would send credentials unencrypted to another machine"),
+                format!("write https://{}", &value["http://".len()..]),
+            );
             return None;
         }
         let default_port = if is_https { 443 } else { 80 };
@@ -455,7 +578,11 @@ impl Validator<'_> {
             _ => authority.clone(),
         };
         let base_path = uri.path().trim_end_matches('/').to_string();
-        Some(Upstream { scheme: scheme.clone(), authority, base_path })
+        Some(Upstream {
+            scheme: scheme.clone(),
+            authority,
+            base_path,
+        })
     }
 }
 
@@ -469,7 +596,9 @@ fn is_env_name(name: &str) -> bool {
 pub fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -49,14 +49,19 @@ impl Helper {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| SourceError::unrecoverable(format!("{} could not start: {e}", self.describe())))?;
+            .map_err(|e| {
+                SourceError::unrecoverable(format!("{} could not start: {e}", self.describe()))
+            })?;
         let group = child.id().map(|id| Pid::from_raw(id as i32));
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
         let run = async {
-            let (out, err, status) =
-                tokio::join!(read_capped(stdout, STDOUT_CAP), read_capped(stderr, STDERR_CAP), child.wait());
+            let (out, err, status) = tokio::join!(
+                read_capped(stdout, STDOUT_CAP),
+                read_capped(stderr, STDERR_CAP),
+                child.wait()
+            );
             (out, err, status)
         };
         let outcome = tokio::time::timeout(self.timeout, run).await;
@@ -75,7 +80,9 @@ impl Helper {
                 )));
             }
         };
-        let status = status.map_err(|e| SourceError::transient(format!("{} could not be waited for: {e}", self.describe())))?;
+        let status = status.map_err(|e| {
+            SourceError::transient(format!("{} could not be waited for: {e}", self.describe()))
+        })?;
         let first_stderr_line = String::from_utf8_lossy(&err)
             .lines()
             .map(str::trim)
@@ -110,15 +117,23 @@ impl Helper {
                 seconds(took)
             ))
         };
-        let text = std::str::from_utf8(&out).map_err(|_| fail("printed bytes that are not UTF-8"))?;
+        let text =
+            std::str::from_utf8(&out).map_err(|_| fail("printed bytes that are not UTF-8"))?;
         let key = text.trim();
         if key.is_empty() {
             return Err(fail("printed nothing"));
         }
         if key.contains(['\n', '\r']) {
-            return Err(fail("printed more than one line; it must print the key alone"));
+            return Err(fail(
+                "printed more than one line; it must print the key alone",
+            ));
         }
-        let token = Token::new(Secret::new(key)).map_err(|e| fail(&format!("printed a value that {}", e.message.trim_start_matches("the key "))))?;
+        let token = Token::new(Secret::new(key)).map_err(|e| {
+            fail(&format!(
+                "printed a value that {}",
+                e.message.trim_start_matches("the key ")
+            ))
+        })?;
         tracing::debug!(helper = %abbreviate(&self.command, 60), took_ms = took.as_millis() as u64, "helper produced a key");
         Ok(Fetched {
             material: Material::Token(token),
@@ -130,7 +145,10 @@ impl Helper {
 /// Reads until EOF or until one byte past `cap` (which tells the caller it overflowed).
 async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
     let mut buf = Vec::new();
-    let _ = (&mut reader).take(cap as u64 + 1).read_to_end(&mut buf).await;
+    let _ = (&mut reader)
+        .take(cap as u64 + 1)
+        .read_to_end(&mut buf)
+        .await;
     buf
 }
 
@@ -143,7 +161,11 @@ mod tests {
     use super::*;
 
     fn helper(command: &str, timeout_ms: u64) -> Helper {
-        Helper::new(command.to_string(), Duration::from_secs(300), Duration::from_millis(timeout_ms))
+        Helper::new(
+            command.to_string(),
+            Duration::from_secs(300),
+            Duration::from_millis(timeout_ms),
+        )
     }
 
     fn key_of(fetched: Fetched) -> String {
@@ -153,17 +175,23 @@ mod tests {
 
     #[tokio::test]
     async fn trimmed_stdout_is_the_key() {
-        let fetched = helper("printf '  sk-test-123\\n\\n'", 5000).fetch().await.unwrap();
+        let fetched = helper("printf '  sk-test-123\\n\\n'", 5000)
+            .fetch()
+            .await
+            .unwrap();
         assert_eq!(fetched.lifetime, Lifetime::Ttl(Duration::from_secs(300)));
         assert_eq!(key_of(fetched), "sk-test-123");
     }
 
     #[tokio::test]
     async fn failure_names_command_status_duration_and_first_stderr_line() {
-        let err = helper("echo; echo 'vault: permission denied' >&2; echo second >&2; exit 3", 5000)
-            .fetch()
-            .await
-            .unwrap_err();
+        let err = helper(
+            "echo; echo 'vault: permission denied' >&2; echo second >&2; exit 3",
+            5000,
+        )
+        .fetch()
+        .await
+        .unwrap_err();
         assert_eq!(err.kind, super::super::FailureKind::Transient);
         let m = err.message;
         assert!(m.contains("helper `echo; echo 'vault"), "{m}");
@@ -174,15 +202,30 @@ mod tests {
     #[tokio::test]
     async fn empty_and_multi_line_output_are_errors() {
         let empty = helper("printf '   \\n'", 5000).fetch().await.unwrap_err();
-        assert!(empty.message.contains("printed nothing"), "{}", empty.message);
+        assert!(
+            empty.message.contains("printed nothing"),
+            "{}",
+            empty.message
+        );
         let two = helper("printf 'a\\nb\\n'", 5000).fetch().await.unwrap_err();
-        assert!(two.message.contains("more than one line"), "{}", two.message);
+        assert!(
+            two.message.contains("more than one line"),
+            "{}",
+            two.message
+        );
     }
 
     #[tokio::test]
     async fn oversized_output_is_an_error() {
-        let err = helper("head -c 70000 /dev/zero | tr '\\0' a", 5000).fetch().await.unwrap_err();
-        assert!(err.message.contains("printed more than 64 KiB"), "{}", err.message);
+        let err = helper("head -c 70000 /dev/zero | tr '\\0' a", 5000)
+            .fetch()
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("printed more than 64 KiB"),
+            "{}",
+            err.message
+        );
     }
 
     #[tokio::test]
@@ -192,12 +235,23 @@ mod tests {
         // The shell starts a grandchild that would outlive a kill of the shell alone.
         let command = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
         let err = helper(&command, 300).fetch().await.unwrap_err();
-        assert!(err.message.contains("timed out after 0."), "{}", err.message);
-        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        assert!(
+            err.message.contains("timed out after 0."),
+            "{}",
+            err.message
+        );
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // Gone, or dead and waiting to be reaped (a zombie) by whoever adopted it.
         let is_gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => true,
-            Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         };
         let mut gone = false;
         for _ in 0..50 {

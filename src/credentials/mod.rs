@@ -162,11 +162,7 @@ impl Source {
         if let Some(var) = &spec.helper_env
             && let Some(command) = std::env::var(var).ok().filter(|c| !c.trim().is_empty())
         {
-            return Source::Helper(Helper::new(
-                command,
-                spec.helper_ttl,
-                spec.helper_timeout,
-            ));
+            return Source::Helper(Helper::new(command, spec.helper_ttl, spec.helper_timeout));
         }
         match &spec.from {
             Some(KeyFrom::Env(var)) => Source::Static(StaticKey::Env {

@@ -43,7 +43,10 @@ mod tests {
         let secret = Secret::new("sk-ant-very-secret");
         assert_eq!(format!("{secret}"), "** redacted **");
         assert_eq!(format!("{secret:?}"), "** redacted **");
-        assert_eq!(format!("{:?}", Some(vec![secret.clone()])), "Some([** redacted **])");
+        assert_eq!(
+            format!("{:?}", Some(vec![secret.clone()])),
+            "Some([** redacted **])"
+        );
         assert_eq!(secret.expose(), "sk-ant-very-secret");
     }
 }

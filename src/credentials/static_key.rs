@@ -31,7 +31,11 @@ impl StaticKey {
                     (Secret::new(value.trim()), Lifetime::UntilRejected)
                 }
                 unset_or_empty => {
-                    let state = if unset_or_empty.is_ok() { "is empty" } else { "is not set" };
+                    let state = if unset_or_empty.is_ok() {
+                        "is empty"
+                    } else {
+                        "is not set"
+                    };
                     let alternative = or_helper_env
                         .as_ref()
                         .map(|h| format!(" (or {h} to a command that prints it)"))

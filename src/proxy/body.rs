@@ -1,31 +1,88 @@
 //! The request body, buffered whole (up to a limit) because a signature needs its hash and
-//! a replay needs its bytes. Bodies over the limit are refused before or while reading.
+//! a replay needs its bytes.
+//!
+//! A body over the limit is read to its end and thrown away (up to [`DRAIN_CAP`] more bytes)
+//! before the 413 goes out: an HTTP/1 client that is still writing when the server closes
+//! sees a broken pipe instead of the 413 that explains it.
 
-use bytes::Bytes;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
 
+/// How much of an oversized body is drained past the limit before giving up on it.
+const DRAIN_CAP: u64 = 64 * 1024 * 1024;
+/// How long draining an oversized body may take.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
 pub async fn read_limited(
     headers: &HeaderMap,
-    body: Incoming,
+    mut body: Incoming,
     limit: usize,
 ) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    let limit_u64 = limit as u64;
+    if let Some(len) = declared
+        && len > limit_u64
+    {
+        if len <= limit_u64 + DRAIN_CAP {
+            drain(body, len).await;
+        }
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit }),
-        Err(error) => Err(ProxyError::BodyUnreadable {
-            cause: error.to_string(),
-        }),
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::BodyUnreadable {
+            cause: e.to_string(),
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > limit_u64 {
+            drain(
+                body,
+                limit_u64 + DRAIN_CAP - total.min(limit_u64 + DRAIN_CAP),
+            )
+            .await;
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        chunks.push(data);
     }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        // The common case for small JSON bodies: no copy at all.
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut whole = BytesMut::with_capacity(total as usize);
+            for chunk in chunks {
+                whole.extend_from_slice(&chunk);
+            }
+            whole.freeze()
+        }
+    })
+}
+
+/// Reads and discards up to `budget` bytes of what is left of a refused body.
+async fn drain(mut body: Incoming, budget: u64) {
+    let discard = async {
+        let mut left = budget;
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if len >= left {
+                return;
+            }
+            left -= len;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }

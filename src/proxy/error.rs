@@ -32,15 +32,23 @@ impl Side {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("requests for host `{host}` are refused (DNS rebinding protection); call credproxy as localhost or 127.0.0.1, or add the name to `allowed_hosts` in the config")]
+    #[error(
+        "requests for host `{host}` are refused (DNS rebinding protection); call credproxy as localhost or 127.0.0.1, or add the name to `allowed_hosts` in the config"
+    )]
     HostNotAllowed { host: String },
-    #[error("browser requests from origin `{origin}` are refused; add it to `allowed_origins` in the config if you trust that page with your credentials")]
+    #[error(
+        "browser requests from origin `{origin}` are refused; add it to `allowed_origins` in the config if you trust that page with your credentials"
+    )]
     OriginNotAllowed { origin: String },
-    #[error("cross-site browser requests are refused; add the calling page's origin to `allowed_origins` in the config if you trust it")]
+    #[error(
+        "cross-site browser requests are refused; add the calling page's origin to `allowed_origins` in the config if you trust it"
+    )]
     CrossSite,
     #[error("no route for `{path}`; the configured prefixes are {prefixes}")]
     NoRoute { path: String, prefixes: String },
-    #[error("the request body is larger than the limit of {limit} bytes; raise `max_body` in the config to send larger requests")]
+    #[error(
+        "the request body is larger than the limit of {limit} bytes; raise `max_body` in the config to send larger requests"
+    )]
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {cause}")]
     BodyUnreadable { cause: String },
@@ -125,7 +133,10 @@ impl ProxyError {
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(
             "x-credproxy-error",
             HeaderValue::from_static(self.side().as_str()),

@@ -22,11 +22,13 @@ impl Guard {
     }
 
     pub fn check(&self, request: &Parts) -> Result<(), ProxyError> {
-        let host = request
-            .uri
-            .authority()
-            .map(|a| a.host())
-            .or_else(|| request.headers.get(HOST).and_then(|h| h.to_str().ok()).map(host_part));
+        let host = request.uri.authority().map(|a| a.host()).or_else(|| {
+            request
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(host_part)
+        });
         if let Some(host) = host
             && !self.host_allowed(host)
         {
@@ -112,23 +114,61 @@ mod tests {
     #[test]
     fn loopback_names_pass_and_other_hosts_are_refused() {
         let g = guard(&["proxy.internal"], &[]);
-        for host in ["localhost:8787", "127.0.0.1:8787", "127.0.0.1", "[::1]:8787", "LOCALHOST", "proxy.internal:8787"] {
-            assert!(g.check(&parts("/v1/messages", &[("host", host)])).is_ok(), "{host}");
+        for host in [
+            "localhost:8787",
+            "127.0.0.1:8787",
+            "127.0.0.1",
+            "[::1]:8787",
+            "LOCALHOST",
+            "proxy.internal:8787",
+        ] {
+            assert!(
+                g.check(&parts("/v1/messages", &[("host", host)])).is_ok(),
+                "{host}"
+            );
         }
-        for host in ["evil.example:8787", "10.0.0.5:8787", "localhost.evil.example"] {
-            assert!(matches!(g.check(&parts("/", &[("host", host)])), Err(ProxyError::HostNotAllowed { .. })), "{host}");
+        for host in [
+            "evil.example:8787",
+            "10.0.0.5:8787",
+            "localhost.evil.example",
+        ] {
+            assert!(
+                matches!(
+                    g.check(&parts("/", &[("host", host)])),
+                    Err(ProxyError::HostNotAllowed { .. })
+                ),
+                "{host}"
+            );
         }
         // An absolute-form request names its host in the URI.
-        assert!(g.check(&parts("http://evil.example/v1/messages", &[("host", "localhost")])).is_err());
+        assert!(
+            g.check(&parts(
+                "http://evil.example/v1/messages",
+                &[("host", "localhost")]
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn browser_requests_need_an_allowed_origin() {
         let g = guard(&[], &["http://localhost:3000"]);
         let host = ("host", "localhost:8787");
-        assert!(g.check(&parts("/", &[host, ("origin", "http://localhost:3000")])).is_ok());
-        assert!(matches!(g.check(&parts("/", &[host, ("origin", "https://evil.example")])), Err(ProxyError::OriginNotAllowed { .. })));
-        assert!(matches!(g.check(&parts("/", &[host, ("sec-fetch-site", "cross-site")])), Err(ProxyError::CrossSite)));
-        assert!(g.check(&parts("/", &[host, ("sec-fetch-site", "none")])).is_ok());
+        assert!(
+            g.check(&parts("/", &[host, ("origin", "http://localhost:3000")]))
+                .is_ok()
+        );
+        assert!(matches!(
+            g.check(&parts("/", &[host, ("origin", "https://evil.example")])),
+            Err(ProxyError::OriginNotAllowed { .. })
+        ));
+        assert!(matches!(
+            g.check(&parts("/", &[host, ("sec-fetch-site", "cross-site")])),
+            Err(ProxyError::CrossSite)
+        ));
+        assert!(
+            g.check(&parts("/", &[host, ("sec-fetch-site", "none")]))
+                .is_ok()
+        );
     }
 }

@@ -40,14 +40,18 @@ pub fn is_client_credential(name: &HeaderName) -> bool {
 /// `Host` and `Content-Length` (the client sets them for the upstream). Every other header
 /// is left byte for byte. Allocates only when something is removed.
 pub fn strip_request(headers: &mut HeaderMap) {
-    strip(headers, |name| is_never_forwarded(name) || is_client_credential(name));
+    strip(headers, |name| {
+        is_never_forwarded(name) || is_client_credential(name)
+    });
 }
 
 /// Removes hop-by-hop headers from an upstream response; hyper frames the response to the
 /// client itself. `Content-Length` stays: it is end-to-end and the body is passed as is.
 pub fn strip_response(headers: &mut HeaderMap) {
     strip(headers, |name| {
-        is_never_forwarded(name) && *name != http::header::CONTENT_LENGTH && *name != http::header::HOST
+        is_never_forwarded(name)
+            && *name != http::header::CONTENT_LENGTH
+            && *name != http::header::HOST
     });
 }
 
@@ -76,7 +80,12 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         pairs
             .iter()
-            .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap()))
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -106,7 +115,15 @@ mod tests {
         strip_request(&mut h);
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["anthropic-beta", "anthropic-version", "user-agent", "x-claude-code-session-id"]);
+        assert_eq!(
+            names,
+            [
+                "anthropic-beta",
+                "anthropic-version",
+                "user-agent",
+                "x-claude-code-session-id"
+            ]
+        );
         assert_eq!(h["anthropic-beta"], "a,b");
     }
 

@@ -74,7 +74,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, config: &Config, listener: &crate::config::Listener, bound: SocketAddr) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        config: &Config,
+        listener: &crate::config::Listener,
+        bound: SocketAddr,
+    ) -> Self {
         Proxy {
             shared,
             routes: RouteTable::new(listener.routes.clone()),
@@ -106,10 +111,13 @@ impl Proxy {
         if parts.method == Method::HEAD {
             return Ok(Response::new(Either::Right(Full::new(Bytes::new()))));
         }
-        let route = self.routes.find(parts.uri.path()).ok_or_else(|| ProxyError::NoRoute {
-            path: parts.uri.path().chars().take(200).collect(),
-            prefixes: self.routes.prefixes().to_string(),
-        })?;
+        let route = self
+            .routes
+            .find(parts.uri.path())
+            .ok_or_else(|| ProxyError::NoRoute {
+                path: parts.uri.path().chars().take(200).collect(),
+                prefixes: self.routes.prefixes().to_string(),
+            })?;
         log.route = Some(&route.prefix);
         log.credential = Some(&self.shared.credentials.slot(route.credential).name);
         let body = body::read_limited(&parts.headers, body, self.shared.max_body).await?;
@@ -132,10 +140,12 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let uri = route::upstream_uri(route, &path_and_query).map_err(|e| ProxyError::UpstreamUnreachable {
-            route: route.prefix.clone(),
-            upstream: route.upstream.to_string(),
-            cause: format!("the upstream URI could not be formed: {e}"),
+        let uri = route::upstream_uri(route, &path_and_query).map_err(|e| {
+            ProxyError::UpstreamUnreachable {
+                route: route.prefix.clone(),
+                upstream: route.upstream.to_string(),
+                cause: format!("the upstream URI could not be formed: {e}"),
+            }
         })?;
         let credential_error = |cause| {
             let slot = shared.credentials.slot(route.credential);
@@ -148,7 +158,11 @@ impl Proxy {
         };
         for attempt in 1..=2u32 {
             log.attempts = attempt;
-            let credential = shared.credentials.get(route.credential).await.map_err(credential_error)?;
+            let credential = shared
+                .credentials
+                .get(route.credential)
+                .await
+                .map_err(credential_error)?;
             let mut upstream_request = Request::new(Full::new(body.clone()));
             *upstream_request.method_mut() = parts.method.clone();
             *upstream_request.uri_mut() = uri.clone();
@@ -166,11 +180,14 @@ impl Proxy {
             if attempt == 2 {
                 return Ok(deliver(response));
             }
-            let (response, verdict) = classify(scheme, response).await.map_err(|e| ProxyError::UpstreamUnreachable {
-                route: route.prefix.clone(),
-                upstream: route.upstream.to_string(),
-                cause: format!("its answer could not be read: {}", error_chain(&e)),
-            })?;
+            let (response, verdict) =
+                classify(scheme, response)
+                    .await
+                    .map_err(|e| ProxyError::UpstreamUnreachable {
+                        route: route.prefix.clone(),
+                        upstream: route.upstream.to_string(),
+                        cause: format!("its answer could not be read: {}", error_chain(&e)),
+                    })?;
             match verdict {
                 Verdict::Deliver | Verdict::Inspect { .. } => return Ok(response),
                 Verdict::Resign => {
@@ -179,14 +196,21 @@ impl Proxy {
                 Verdict::Refresh => {
                     tracing::info!(route = %route.prefix, credential = %shared.credentials.slot(route.credential).name,
                         status = response.status().as_u16(), "upstream rejected the credential; refreshing and replaying once");
-                    shared.credentials.invalidate(route.credential, &credential).await;
+                    shared
+                        .credentials
+                        .invalidate(route.credential, &credential)
+                        .await;
                 }
             }
         }
         unreachable!("the second attempt always returns")
     }
 
-    async fn send(&self, route: &Route, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, ProxyError> {
+    async fn send(
+        &self,
+        route: &Route,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let waited = self.shared.upstream_timeout;
         match tokio::time::timeout(waited, self.shared.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
@@ -235,7 +259,10 @@ async fn classify(
         verdict => verdict,
     };
     headers::strip_response(&mut parts.headers);
-    Ok((Response::from_parts(parts, Either::Right(Full::new(bytes))), verdict))
+    Ok((
+        Response::from_parts(parts, Either::Right(Full::new(bytes))),
+        verdict,
+    ))
 }
 
 fn deliver(response: Response<Incoming>) -> Response<ResponseBody> {

@@ -19,7 +19,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let prefixes = routes
             .iter()
             .map(|r| format!("`{}`", r.prefix))
@@ -113,20 +113,34 @@ mod tests {
     }
 
     fn forwarded(route: &Route, path: &str) -> String {
-        upstream_uri(route, &PathAndQuery::from_str(path).unwrap()).unwrap().to_string()
+        upstream_uri(route, &PathAndQuery::from_str(path).unwrap())
+            .unwrap()
+            .to_string()
     }
 
     #[test]
     fn longest_whole_segment_prefix_wins() {
         let table = RouteTable::new(vec![
             route("/", "https://api.anthropic.com"),
-            route("/bedrock", "https://bedrock-runtime.us-east-1.amazonaws.com"),
-            route("/bedrock/control", "https://bedrock.us-east-1.amazonaws.com"),
+            route(
+                "/bedrock",
+                "https://bedrock-runtime.us-east-1.amazonaws.com",
+            ),
+            route(
+                "/bedrock/control",
+                "https://bedrock.us-east-1.amazonaws.com",
+            ),
         ]);
         assert_eq!(table.find("/v1/messages").unwrap().prefix, "/");
         assert_eq!(table.find("/bedrock").unwrap().prefix, "/bedrock");
-        assert_eq!(table.find("/bedrock/model/x/invoke").unwrap().prefix, "/bedrock");
-        assert_eq!(table.find("/bedrock/control/x").unwrap().prefix, "/bedrock/control");
+        assert_eq!(
+            table.find("/bedrock/model/x/invoke").unwrap().prefix,
+            "/bedrock"
+        );
+        assert_eq!(
+            table.find("/bedrock/control/x").unwrap().prefix,
+            "/bedrock/control"
+        );
         assert_eq!(table.find("/bedrockx").unwrap().prefix, "/");
         let no_root = RouteTable::new(vec![route("/vertex", "https://aiplatform.googleapis.com")]);
         assert!(no_root.find("/v1/messages").is_none());
@@ -140,9 +154,15 @@ mod tests {
             forwarded(&anthropic, "/v1/messages?beta=true"),
             "https://api.anthropic.com/v1/messages?beta=true"
         );
-        let bedrock = route("/bedrock", "https://bedrock-runtime.us-east-1.amazonaws.com");
+        let bedrock = route(
+            "/bedrock",
+            "https://bedrock-runtime.us-east-1.amazonaws.com",
+        );
         assert_eq!(
-            forwarded(&bedrock, "/bedrock/model/arn:aws:bedrock:us-east-1:1:application-inference-profile%2Fabc/invoke"),
+            forwarded(
+                &bedrock,
+                "/bedrock/model/arn:aws:bedrock:us-east-1:1:application-inference-profile%2Fabc/invoke"
+            ),
             "https://bedrock-runtime.us-east-1.amazonaws.com/model/arn:aws:bedrock:us-east-1:1:application-inference-profile%2Fabc/invoke"
         );
         assert_eq!(
@@ -150,10 +170,25 @@ mod tests {
             "https://bedrock-runtime.us-east-1.amazonaws.com/model/a%3Ab%20c/invoke?x=%2F&y"
         );
         let foundry = route("/foundry", "https://r.services.ai.azure.com/anthropic/");
-        assert_eq!(forwarded(&foundry, "/foundry/v1/messages"), "https://r.services.ai.azure.com/anthropic/v1/messages");
-        assert_eq!(forwarded(&foundry, "/foundry"), "https://r.services.ai.azure.com/anthropic");
-        assert_eq!(forwarded(&foundry, "/foundry?q=1"), "https://r.services.ai.azure.com/anthropic?q=1");
-        assert_eq!(forwarded(&bedrock, "/bedrock?q=1"), "https://bedrock-runtime.us-east-1.amazonaws.com/?q=1");
-        assert_eq!(forwarded(&bedrock, "/bedrock"), "https://bedrock-runtime.us-east-1.amazonaws.com/");
+        assert_eq!(
+            forwarded(&foundry, "/foundry/v1/messages"),
+            "https://r.services.ai.azure.com/anthropic/v1/messages"
+        );
+        assert_eq!(
+            forwarded(&foundry, "/foundry"),
+            "https://r.services.ai.azure.com/anthropic"
+        );
+        assert_eq!(
+            forwarded(&foundry, "/foundry?q=1"),
+            "https://r.services.ai.azure.com/anthropic?q=1"
+        );
+        assert_eq!(
+            forwarded(&bedrock, "/bedrock?q=1"),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/?q=1"
+        );
+        assert_eq!(
+            forwarded(&bedrock, "/bedrock"),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/"
+        );
     }
 }

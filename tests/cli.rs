@@ -1,0 +1,333 @@
+//! The binary as a user meets it: config errors, `check`, `env`, logs, shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use support::*;
+
+#[test]
+fn config_errors_name_file_line_column_and_fix_and_exit_2() {
+    let scratch = Scratch::new();
+    let config = r#"listen = "127.0.0.1:0"
+max_body = "huge"
+
+[credentials.key]
+kind = "api_key"
+env = "KEY"
+ttl = "5m"
+
+[[routes]]
+prefix = "/"
+upstream = "http://api.example.com"
+credential = "key"
+"#;
+    let (status, stdout, stderr) = credproxy(&scratch, config).run("run");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let file = scratch.path("credproxy.toml").display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:2:12: `huge` is not a size")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("help: write a size such as \"32MiB\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:7:7: `ttl` applies only")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:11:12: `http://api.example.com` would send credentials unencrypted"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("help: write https://api.example.com"),
+        "{stderr}"
+    );
+
+    let (status, _, stderr) = credproxy(&scratch, "listen = [\n").run("run");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains(&format!("{file}:1:11: unclosed array, expected `]`")),
+        "{stderr}"
+    );
+
+    let (status, _, stderr) = credproxy(&scratch, "lisen = \"127.0.0.1:0\"\n").run("check");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains(&format!(
+            "{file}:1:1: unknown field `lisen`, expected one of `listen`"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_example_config_is_valid_for_the_binary_too() {
+    let scratch = Scratch::new();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap();
+    let (status, stdout, stderr) = credproxy(&scratch, &example).run("env");
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:8787\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:8788\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:8787/team\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_fetches_every_credential_and_never_prints_a_value() {
+    let scratch = Scratch::new();
+    scratch.write("key", "sk-helper-secret-value");
+    let config = format!(
+        r#"[credentials.fromenv]
+kind = "api_key"
+env = "MY_KEY"
+[credentials.fromhelper]
+kind = "api_key"
+helper = "cat {}"
+[[routes]]
+prefix = "/"
+upstream = "https://api.anthropic.com"
+credential = "fromenv"
+[[routes]]
+prefix = "/h"
+upstream = "https://api.anthropic.com"
+credential = "fromhelper"
+"#,
+        scratch.path("key").display()
+    );
+    let (status, stdout, stderr) = credproxy(&scratch, &config)
+        .env("MY_KEY", "sk-env-secret-value")
+        .run("check");
+    assert!(status.success(), "{stdout}{stderr}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row:\n{stdout}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row("fromenv"), "fromenv api_key env MY_KEY never ok");
+    assert!(row("fromhelper").ends_with("5m (ttl) ok"), "{stdout}");
+    assert!(
+        !stdout.contains("secret-value") && !stderr.contains("secret-value"),
+        "{stdout}{stderr}"
+    );
+
+    let (status, stdout, _) = credproxy(&scratch, &config).run("check");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stdout.contains("FAILED: environment variable MY_KEY is not set"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn env_prints_what_a_client_needs() {
+    let scratch = Scratch::new();
+    let (status, stdout, _) = credproxy(
+        &scratch,
+        &config("https://api.anthropic.com", r#"env = "K""#),
+    )
+    .run("env");
+    assert!(status.success());
+    assert_eq!(
+        stdout,
+        "# route / -> https://api.anthropic.com (credential `key`)\n\
+         export ANTHROPIC_BASE_URL=http://127.0.0.1:0\n\
+         export ANTHROPIC_AUTH_TOKEN=credproxy  # any value: credproxy removes it and applies the real key\n\n"
+    );
+}
+
+#[test]
+fn the_embedded_default_is_used_without_a_config_and_printed_on_request() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credproxy"))
+        .arg("default-config")
+        .env_clear()
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("upstream = \"https://api.anthropic.com\""),
+        "{text}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credproxy"))
+        .arg("check")
+        .env_clear()
+        .env("ANTHROPIC_API_KEY", "x")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with("config: <embedded default config> (valid)"),
+        "{text}"
+    );
+}
+
+/// Every secret the proxy handles in a run at the most verbose level, with every code path
+/// that touches them (fetch, refresh, retry, h2, errors), must stay out of its output.
+#[tokio::test]
+async fn no_secret_reaches_the_output_at_trace_level() {
+    const ENV_SECRET: &str = "sk-ant-env-SECRET-1111";
+    const HELPER_OLD: &str = "sk-ant-helper-SECRET-2222";
+    const HELPER_NEW: &str = "sk-ant-helper-SECRET-3333";
+    const CLIENT_SECRET: &str = "sk-ant-client-SECRET-4444";
+    let upstream = FakeUpstream::start(|req| {
+        let key = req
+            .header("x-api-key")
+            .or(req.header("authorization"))
+            .unwrap_or("");
+        if key.ends_with("1111") || key.ends_with("3333") {
+            Reply::status(200, "{}")
+        } else {
+            Reply::anthropic_error(401, "authentication_error", "invalid x-api-key")
+        }
+    })
+    .await;
+    let scratch = Scratch::new();
+    scratch.write("key", HELPER_OLD);
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+[credentials.env]
+kind = "api_key"
+env = "ANTHROPIC_API_KEY"
+[credentials.helper]
+kind = "api_key"
+helper = "{}"
+apply = "bearer"
+[[routes]]
+prefix = "/"
+upstream = "{1}"
+credential = "env"
+[[routes]]
+prefix = "/h"
+upstream = "{1}"
+credential = "helper"
+"#,
+        scratch.counting_helper("0"),
+        upstream.url()
+    );
+    for format in ["text", "json"] {
+        scratch.write("key", HELPER_OLD);
+        let _ = std::fs::remove_file(scratch.path("runs"));
+        let proxy = credproxy(&scratch, &config)
+            .env("ANTHROPIC_API_KEY", ENV_SECRET)
+            .arg("--log-level")
+            .arg("trace")
+            .arg("--log-format")
+            .arg(format)
+            .start();
+        proxy.wait_for_output("credential ready").await;
+        scratch.write("key", HELPER_NEW);
+        let dummy = |path: &str| {
+            Request::post(proxy.url(path))
+                .header("x-api-key", CLIENT_SECRET)
+                .header("authorization", format!("Bearer {CLIENT_SECRET}"))
+                .body(Full::new(Bytes::from("{}")))
+                .unwrap()
+        };
+        assert_eq!(send(dummy("/v1/messages")).await.status, 200);
+        assert_eq!(
+            send(dummy("/h/v1/messages")).await.status,
+            200,
+            "refreshed after a 401"
+        );
+        let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let response = h2.request(dummy("/h/v1/messages")).await.unwrap();
+        let _ = response.into_body().collect().await;
+        let refreshed = upstream
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.header("authorization")
+                    .is_some_and(|a| a.ends_with("3333"))
+            })
+            .count();
+        assert!(refreshed >= 2, "the refreshed helper key was used");
+
+        let output = proxy.output();
+        assert!(
+            output.contains("TRACE") || output.contains("\"level\":\"TRACE\""),
+            "really at trace level"
+        );
+        assert!(output.contains("credproxy::access"), "{output}");
+        for secret in [ENV_SECRET, HELPER_OLD, HELPER_NEW, CLIENT_SECRET] {
+            assert!(
+                !output.contains(secret),
+                "{secret} leaked in {format} output:\n{output}"
+            );
+            // Nor a recognisable part of it.
+            assert!(!output.contains(&secret[7..]), "part of {secret} leaked");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_open_stream_finish_before_exiting() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = {
+        let gate = std::sync::Arc::clone(&gate);
+        FakeUpstream::start(move |_| Reply::Stream {
+            headers: vec![("content-type", "text/event-stream".into())],
+            chunks: vec![Bytes::from("data: 1\n\n"), Bytes::from("data: 2\n\n")],
+            gate: Some(std::sync::Arc::clone(&gate)),
+        })
+        .await
+    };
+    let scratch = Scratch::new();
+    let mut proxy = credproxy(&scratch, &config(&upstream.url(), r#"value = "k""#)).start();
+    let response = client()
+        .request(
+            Request::post(proxy.url("/v1/messages"))
+                .body(Full::new(Bytes::from("{}")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "data: 1\n\n");
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy.wait_for_output("shutting down").await;
+    // New connections are refused while the open stream goes on.
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(proxy.addr()).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "still accepting after SIGTERM");
+    gate.add_permits(1);
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(second, "data: 2\n\n");
+    assert!(body.frame().await.is_none());
+    let status = proxy.exit_status().await;
+    assert!(status.success(), "{status}");
+}
