@@ -289,25 +289,11 @@ credential = "helper"
 #[tokio::test]
 async fn sigterm_lets_an_open_stream_finish_before_exiting() {
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let upstream = {
-        let gate = std::sync::Arc::clone(&gate);
-        FakeUpstream::start(move |_| Reply::Stream {
-            headers: vec![("content-type", "text/event-stream".into())],
-            chunks: vec![Bytes::from("data: 1\n\n"), Bytes::from("data: 2\n\n")],
-            gate: Some(std::sync::Arc::clone(&gate)),
-        })
-        .await
-    };
+    let chunks = vec![Bytes::from("data: 1\n\n"), Bytes::from("data: 2\n\n")];
+    let upstream = FakeUpstream::gated_stream(&gate, chunks).await;
     let scratch = Scratch::new();
     let mut proxy = credproxy(&scratch, &config(&upstream.url(), r#"value = "k""#)).start();
-    let response = client()
-        .request(
-            Request::post(proxy.url("/v1/messages"))
-                .body(Full::new(Bytes::from("{}")))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = open_stream(&proxy.url("/v1/messages")).await;
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "data: 1\n\n");

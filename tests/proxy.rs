@@ -144,26 +144,11 @@ async fn sse_events_reach_the_client_one_by_one_as_the_upstream_sends_them() {
             ))
         })
         .collect();
-    let upstream = {
-        let (gate, events) = (Arc::clone(&gate), events.clone());
-        FakeUpstream::start(move |_| Reply::Stream {
-            headers: vec![("content-type", "text/event-stream".into())],
-            chunks: events.clone(),
-            gate: Some(Arc::clone(&gate)),
-        })
-        .await
-    };
+    let upstream = FakeUpstream::gated_stream(&gate, events.clone()).await;
     let scratch = Scratch::new();
     let proxy = credproxy(&scratch, &config(&upstream.url(), r#"value = "k""#)).start();
 
-    let response = client()
-        .request(
-            Request::post(proxy.url("/v1/messages"))
-                .body(Full::new(Bytes::from("{}")))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = open_stream(&proxy.url("/v1/messages")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
@@ -455,6 +440,13 @@ credential = "key"
 
     let absolute = raw(proxy.addr(), "GET http://evil.example/anthropic/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await;
     assert!(absolute.starts_with("HTTP/1.1 403"), "{absolute}");
+
+    let connect = raw(
+        proxy.addr(),
+        "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
 
     let page = send(
         Request::post(proxy.url("/anthropic/v1/messages"))

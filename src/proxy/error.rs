@@ -44,6 +44,8 @@ pub enum ProxyError {
         "cross-site browser requests are refused; add the calling page's origin to `allowed_origins` in the config if you trust it"
     )]
     CrossSite,
+    #[error("method {method} is not proxied; credproxy forwards API requests only")]
+    MethodNotAllowed { method: String },
     #[error("no route for `{path}`; the configured prefixes are {prefixes}")]
     NoRoute { path: String, prefixes: String },
     #[error(
@@ -85,6 +87,7 @@ impl ProxyError {
             ProxyError::HostNotAllowed { .. }
             | ProxyError::OriginNotAllowed { .. }
             | ProxyError::CrossSite
+            | ProxyError::MethodNotAllowed { .. }
             | ProxyError::NoRoute { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyUnreadable { .. } => Side::Client,
@@ -101,6 +104,7 @@ impl ProxyError {
             | ProxyError::OriginNotAllowed { .. }
             | ProxyError::CrossSite => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyUnreadable { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Credential { .. }
@@ -116,7 +120,7 @@ impl ProxyError {
             StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
-            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
             StatusCode::GATEWAY_TIMEOUT => "timeout_error",
             _ => "api_error",
         }

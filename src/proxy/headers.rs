@@ -19,6 +19,7 @@ pub fn is_never_forwarded(name: &HeaderName) -> bool {
             | "proxy-authorization"
             | "host"
             | "content-length"
+            | "expect"
     )
 }
 

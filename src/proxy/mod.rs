@@ -1,7 +1,8 @@
 //! The per-request pipeline. [`Proxy::handle`] runs once per request:
 //!
 //! 1. [`guard`]: refuse foreign `Host` names and cross-site browser requests.
-//! 2. `HEAD` on any path is answered at once (Claude Code warms connections that way).
+//! 2. `HEAD` on any path is answered at once (Claude Code warms connections that way);
+//!    `CONNECT` and `TRACE` are refused.
 //! 3. [`route`]: longest prefix → upstream and credential, or 404.
 //! 4. [`body`]: buffer the request body up to `max_body`, or 413.
 //! 5. [`headers`]: strip client credentials and hop-by-hop headers.
@@ -110,6 +111,12 @@ impl Proxy {
         self.guard.check(&parts)?;
         if parts.method == Method::HEAD {
             return Ok(Response::new(Either::Right(Full::new(Bytes::new()))));
+        }
+        // CONNECT would turn credproxy into a tunnel; TRACE would echo the request back.
+        if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+            return Err(ProxyError::MethodNotAllowed {
+                method: parts.method.to_string(),
+            });
         }
         let route = self
             .routes

@@ -117,6 +117,18 @@ impl FakeUpstream {
         }
     }
 
+    /// Answers every request with an SSE stream of `chunks`, each after the first sent only
+    /// once the test adds a permit to `gate`.
+    pub async fn gated_stream(gate: &Arc<Semaphore>, chunks: Vec<Bytes>) -> Self {
+        let gate = Arc::clone(gate);
+        Self::start(move |_| Reply::Stream {
+            headers: vec![("content-type", "text/event-stream".into())],
+            chunks: chunks.clone(),
+            gate: Some(Arc::clone(&gate)),
+        })
+        .await
+    }
+
     /// Accepts only `key` in `x-api-key`; anything else gets Anthropic's 401.
     pub async fn accepting_key(key: &'static str) -> Self {
         Self::start(move |req| {
@@ -494,6 +506,18 @@ impl Answer {
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Posts `{}` and returns the response with its body still streaming.
+pub async fn open_stream(url: &str) -> Response<Incoming> {
+    client()
+        .request(
+            Request::post(url)
+                .body(Full::new(Bytes::from("{}")))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
 }
 
 /// Sends a request and reads the whole answer.
