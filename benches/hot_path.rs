@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use credproxy::config::{Apply, Route, Upstream};
+use credproxy::config::{Apply, Rejection, Route, Upstream};
 use credproxy::credentials::{CredentialCache, Secret, Slot, Source, StaticKey};
 use credproxy::proxy::headers::strip_request;
 use credproxy::proxy::route::{RouteTable, upstream_uri};
@@ -76,16 +76,18 @@ fn route_match(c: &mut Criterion) {
 
 fn strip_and_inject(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let scheme = Scheme::Header(HeaderScheme::new(
+        Apply::Header(HeaderName::from_static("x-api-key")),
+        Rejection::Unauthorized,
+    ));
     let cache = CredentialCache::new(vec![Slot {
         name: "anthropic".into(),
         source: Source::Static(StaticKey::Literal(Secret::new(
             "sk-ant-api03-0123456789abcdef0123456789abcdef",
         ))),
+        scheme: scheme.clone(),
     }]);
     let credential = runtime.block_on(cache.get(0)).unwrap();
-    let scheme = Scheme::Header(HeaderScheme::new(Apply::Header(HeaderName::from_static(
-        "x-api-key",
-    ))));
     let headers = client_headers();
     let body = Bytes::from(vec![b'x'; 8192]);
     c.bench_function("strip_client_headers_and_inject_x_api_key", |b| {

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, CredentialSpec};
-use crate::credentials::{Lifetime, Source};
+use crate::config::{Config, CredentialSpec, Route};
+use crate::credentials::{Lifetime, Slot};
 
 /// One row of the `check` table.
 #[derive(Debug)]
@@ -15,30 +15,36 @@ pub struct CheckRow {
     pub kind: &'static str,
     pub source: String,
     pub expires_in: String,
-    pub status: Result<(), String>,
+    /// Ok with a remark (which link of a chain answered, why it was skipped), or the error.
+    pub status: Result<Option<String>, String>,
 }
 
-/// Fetches every credential once, straight from its source, all at the same time (a slow
-/// source does not hold up the others' rows).
+/// Fetches every credential that an enabled route uses, straight from its source, all at
+/// the same time (a slow source does not hold up the others' rows).
 pub async fn check(config: &Config) -> Vec<CheckRow> {
     let tasks: Vec<_> = config
         .credentials
         .iter()
-        .map(|c| {
-            let (name, kind, source) = (
-                c.name.clone(),
-                c.spec.kind_name(),
-                Source::from_spec(&c.spec),
-            );
+        .enumerate()
+        .map(|(index, c)| {
+            let slot = Slot::new(c);
+            let kind = c.spec.kind_name();
+            let unused = unused_reason(config, index);
             tokio::spawn(async move {
-                let (expires_in, status) = match source.fetch().await {
-                    Ok(fetched) => (expires_in(fetched.lifetime), Ok(())),
-                    Err(error) => ("-".to_string(), Err(error.message)),
+                let (expires_in, status) = match unused {
+                    Some(reason) => ("-".to_string(), Ok(Some(reason))),
+                    None => match slot.source.fetch().await {
+                        Ok(fetched) => {
+                            let via = fetched.via.map(|v| format!("via {v}"));
+                            (expires_in(fetched.lifetime), Ok(via))
+                        }
+                        Err(error) => ("-".to_string(), Err(error.message)),
+                    },
                 };
                 CheckRow {
-                    credential: name,
+                    credential: slot.name,
                     kind,
-                    source: source.describe(),
+                    source: slot.source.describe(),
                     expires_in,
                     status,
                 }
@@ -50,6 +56,25 @@ pub async fn check(config: &Config) -> Vec<CheckRow> {
         rows.push(task.await.expect("a credential check panicked"));
     }
     rows
+}
+
+/// Why credential `index` is not fetched: no route uses it, or all its routes are disabled.
+pub fn unused_reason(config: &Config, index: usize) -> Option<String> {
+    let routes: Vec<&Route> = config
+        .routes()
+        .map(|(_, r)| r)
+        .filter(|r| r.credential == index)
+        .collect();
+    if routes.is_empty() {
+        return Some("unused: no route refers to it".to_string());
+    }
+    if routes.iter().all(|r| r.disabled.is_some()) {
+        return routes[0]
+            .disabled
+            .clone()
+            .map(|reason| format!("unused: its routes are disabled ({reason})"));
+    }
+    None
 }
 
 fn expires_in(lifetime: Lifetime) -> String {
@@ -74,7 +99,9 @@ pub fn format_check(rows: &[CheckRow]) -> String {
                 r.source.clone(),
                 r.expires_in.clone(),
                 match &r.status {
-                    Ok(()) => "ok".to_string(),
+                    Ok(None) => "ok".to_string(),
+                    Ok(Some(remark)) if remark.starts_with("unused") => remark.clone(),
+                    Ok(Some(remark)) => format!("ok ({remark})"),
                     Err(e) => format!("FAILED: {e}"),
                 },
             ]
@@ -136,9 +163,22 @@ pub fn env_report(config: &Config) -> String {
         let _ = writeln!(
             out,
             "# route {} -> {} (credential `{}`)",
-            route.prefix, route.upstream, credential.name
+            route.prefix,
+            route
+                .region_template
+                .as_deref()
+                .filter(|_| route.disabled.is_some())
+                .map_or_else(|| route.upstream.to_string(), str::to_string),
+            credential.name
         );
+        if let Some(reason) = &route.disabled {
+            let _ = writeln!(out, "# disabled: {reason}\n");
+            continue;
+        }
         match &credential.spec {
+            CredentialSpec::Key(_) if Slot::new(credential).scheme.is_bedrock() => {
+                bedrock_env(&mut out, &url, route)
+            }
             CredentialSpec::Key(_) => {
                 let _ = writeln!(out, "export ANTHROPIC_BASE_URL={url}");
                 let _ = writeln!(
@@ -146,8 +186,34 @@ pub fn env_report(config: &Config) -> String {
                     "export ANTHROPIC_AUTH_TOKEN=credproxy  # any value: credproxy removes it and applies the real key"
                 );
             }
+            CredentialSpec::Aws(_)
+                if route
+                    .upstream
+                    .authority
+                    .host()
+                    .starts_with("bedrock-runtime") =>
+            {
+                bedrock_env(&mut out, &url, route)
+            }
+            CredentialSpec::Aws(aws) => {
+                let _ = writeln!(
+                    out,
+                    "# signed with SigV4 for service `{}`; clients send unsigned requests to {url}",
+                    aws.service
+                );
+            }
         }
         out.push('\n');
     }
     out
+}
+
+/// Claude Code's Bedrock mode through credproxy: it skips its own AWS auth.
+fn bedrock_env(out: &mut String, url: &str, route: &Route) {
+    let _ = writeln!(out, "export CLAUDE_CODE_USE_BEDROCK=1");
+    let _ = writeln!(out, "export ANTHROPIC_BEDROCK_BASE_URL={url}");
+    let _ = writeln!(out, "export CLAUDE_CODE_SKIP_BEDROCK_AUTH=1");
+    if let Some(region) = crate::schemes::region_from_host(route.upstream.authority.host()) {
+        let _ = writeln!(out, "export AWS_REGION={region}");
+    }
 }

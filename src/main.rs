@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use credproxy::cli;
-use credproxy::config::{Config, EMBEDDED_DEFAULT};
+use credproxy::config::{Config, CredentialSpec, EMBEDDED_DEFAULT};
 use credproxy::credentials::{self, CredentialCache};
 use credproxy::proxy::{self, Proxy, Shared};
 use credproxy::server::{self, Bound};
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(&args.log_level, args.log_format);
-    let config = match Config::load(args.config.as_deref()) {
+    let mut config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("credproxy: invalid configuration\n{error}");
@@ -68,6 +68,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let regions = runtime.block_on(credential_regions(&config));
+    config.resolve_regions(&regions);
     match args.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(config)),
         Command::Check => runtime.block_on(check(config)),
@@ -79,10 +81,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The region of each `aws` credential, for `{region}` in upstream URLs.
+async fn credential_regions(config: &Config) -> Vec<Option<String>> {
+    let mut regions = Vec::with_capacity(config.credentials.len());
+    for credential in &config.credentials {
+        regions.push(match &credential.spec {
+            CredentialSpec::Aws(aws) => credentials::configured_region(aws).await,
+            CredentialSpec::Key(_) => None,
+        });
+    }
+    regions
+}
+
 async fn check(config: Config) -> ExitCode {
     println!("config: {} (valid)", config.origin.display_name());
     let rows = cli::check(&config).await;
     print!("{}", cli::format_check(&rows));
+    for (_, route) in config.routes() {
+        if let Some(reason) = &route.disabled {
+            println!("route {} disabled: {reason}", route.prefix);
+        }
+    }
     if rows.iter().all(|r| r.status.is_ok()) {
         ExitCode::SUCCESS
     } else {
@@ -114,7 +133,10 @@ async fn run(config: Config) -> ExitCode {
         let routes: Vec<String> = listener
             .routes
             .iter()
-            .map(|r| format!("{} -> {}", r.prefix, r.upstream))
+            .map(|r| match &r.disabled {
+                None => format!("{} -> {}", r.prefix, r.upstream),
+                Some(_) => format!("{} (disabled)", r.prefix),
+            })
             .collect();
         tracing::info!(target: "credproxy::server", %addr, routes = %routes.join(", "), "listening");
         let proxy = Arc::new(Proxy::new(Arc::clone(&shared), &config, listener, addr));
@@ -131,14 +153,22 @@ async fn run(config: Config) -> ExitCode {
 /// Fetches every credential in the background so the first request does not wait, and
 /// says at start which routes cannot work yet and why.
 fn warm_up(config: &Config, cache: &CredentialCache) {
+    for (_, route) in config.routes() {
+        if let Some(reason) = &route.disabled {
+            tracing::warn!(route = %route.prefix, "route disabled: {reason}");
+        }
+    }
     for (index, slot) in cache.slots().iter().enumerate() {
+        if cli::unused_reason(config, index).is_some() {
+            continue;
+        }
         if slot.source.is_literal() {
             tracing::warn!(credential = %slot.name,
                 "the key is written in the config file; prefer `env`, `file` or `helper` so the file can be shared");
         }
         let routes: Vec<String> = config
             .routes()
-            .filter(|(_, r)| r.credential == index)
+            .filter(|(_, r)| r.credential == index && r.disabled.is_none())
             .map(|(l, r)| cli::base_url(l.addr, &r.prefix))
             .collect();
         let cache = cache.clone();

@@ -174,6 +174,7 @@ fn the_embedded_default_is_used_without_a_config_and_printed_on_request() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_credproxy"))
         .arg("check")
         .env_clear()
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("ANTHROPIC_API_KEY", "x")
         .output()
         .unwrap();

@@ -9,6 +9,8 @@ pub mod raw;
 pub mod units;
 mod validate;
 
+pub use validate::is_region;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,7 +73,12 @@ pub struct Listener {
 pub struct Route {
     /// Starts with `/`, never ends with `/` unless it is exactly `/`.
     pub prefix: String,
+    /// Final once [`Config::resolve_regions`] ran for a route written with `{region}`.
     pub upstream: Upstream,
+    /// The upstream as written, when it contains `{region}` (filled in at start).
+    pub region_template: Option<String>,
+    /// Why the route cannot serve (a region nobody set); requests get this as a 502.
+    pub disabled: Option<String>,
     /// Index into [`Config::credentials`].
     pub credential: usize,
 }
@@ -109,16 +116,48 @@ pub struct CredentialConfig {
 /// What a credential is and where it comes from; one variant per kind.
 #[derive(Debug, Clone)]
 pub enum CredentialSpec {
-    /// An API key or bearer token (`kind = "api_key"`).
+    /// An API key or bearer token (`kind = "api_key"`, or `"bedrock_api_key"`).
     Key(KeySpec),
+    /// AWS credentials from the AWS chain, applied with SigV4 (`kind = "aws"`).
+    Aws(AwsSpec),
 }
 
 impl CredentialSpec {
     pub fn kind_name(&self) -> &'static str {
         match self {
-            CredentialSpec::Key(_) => "api_key",
+            CredentialSpec::Key(key) => match key.rejection {
+                Rejection::Unauthorized => "api_key",
+                Rejection::BedrockApiKey => "bedrock_api_key",
+            },
+            CredentialSpec::Aws(_) => "aws",
         }
     }
+}
+
+/// How an upstream says a key went bad; decides which answers trigger refresh-and-replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Any 401 (Anthropic, Azure, most bearer APIs).
+    Unauthorized,
+    /// Bedrock API keys: 403 whose body starts `{"Message":"Authentication failed` (and 401).
+    BedrockApiKey,
+}
+
+/// `kind = "aws"`: aws-config's default chain (env, profile, SSO, credential_process, web
+/// identity, container, IMDS), optionally assuming a role on top, signed with SigV4.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSpec {
+    pub profile: Option<String>,
+    /// Region for the chain (STS, SSO) and for `{region}` in upstream URLs; signing uses
+    /// the region in the upstream host when it names one.
+    pub region: Option<String>,
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub session_name: Option<String>,
+    /// SigV4 service name (`bedrock` unless configured).
+    pub service: String,
+    /// A variable that, when set, holds a Bedrock API key used as a bearer instead of SigV4.
+    pub bearer_env: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +169,7 @@ pub struct KeySpec {
     pub helper_ttl: Duration,
     pub helper_timeout: Duration,
     pub apply: Apply,
+    pub rejection: Rejection,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +234,33 @@ impl Config {
                     }],
                 })?;
                 Config::parse(&text, ConfigOrigin::File(path))
+            }
+        }
+    }
+
+    /// Fills in `{region}` in upstream URLs from the region of each route's credential
+    /// (`regions[i]` for credential `i`). A route whose region nobody set is disabled, with
+    /// the reason, rather than failing the whole start: other routes still work.
+    pub fn resolve_regions(&mut self, regions: &[Option<String>]) {
+        for listener in &mut self.listeners {
+            for route in &mut listener.routes {
+                let Some(template) = &route.region_template else {
+                    continue;
+                };
+                let name = &self.credentials[route.credential].name;
+                match regions.get(route.credential).cloned().flatten() {
+                    Some(region) => match validate::parse_upstream(
+                        &template.replace(validate::REGION_PLACEHOLDER, &region),
+                    ) {
+                        Ok(upstream) => route.upstream = upstream,
+                        Err((message, _)) => route.disabled = Some(message),
+                    },
+                    None => {
+                        route.disabled = Some(format!(
+                            "no AWS region is known for credential `{name}`; set AWS_REGION (or `region` in [credentials.{name}], or a region in the AWS profile) and restart credproxy"
+                        ))
+                    }
+                }
             }
         }
     }

@@ -46,6 +46,40 @@ pub struct RawCredential {
     pub ttl: Option<Text>,
     pub helper_timeout: Option<Text>,
     pub apply: Option<Text>,
+    // kind = "aws"
+    pub profile: Option<Text>,
+    pub region: Option<Text>,
+    pub role_arn: Option<Text>,
+    pub external_id: Option<Text>,
+    pub session_name: Option<Text>,
+    pub service: Option<Text>,
+    pub bearer_env: Option<Text>,
+}
+
+impl RawCredential {
+    /// Every key that is set, by name, except `kind`.
+    pub fn present(&self) -> Vec<(&'static str, &Text)> {
+        [
+            ("env", &self.env),
+            ("file", &self.file),
+            ("value", &self.value),
+            ("helper", &self.helper),
+            ("helper_env", &self.helper_env),
+            ("ttl", &self.ttl),
+            ("helper_timeout", &self.helper_timeout),
+            ("apply", &self.apply),
+            ("profile", &self.profile),
+            ("region", &self.region),
+            ("role_arn", &self.role_arn),
+            ("external_id", &self.external_id),
+            ("session_name", &self.session_name),
+            ("service", &self.service),
+            ("bearer_env", &self.bearer_env),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,7 +19,27 @@ use crate::credentials::Secret;
 use crate::proxy::headers::is_never_forwarded;
 
 /// The kinds this build knows, for the "write one of" hint.
-const KNOWN_KINDS: &str = "\"api_key\"";
+const KNOWN_KINDS: &str = "\"api_key\", \"bedrock_api_key\" or \"aws\"";
+
+const KEY_FIELDS: &[&str] = &[
+    "env",
+    "file",
+    "value",
+    "helper",
+    "helper_env",
+    "ttl",
+    "helper_timeout",
+    "apply",
+];
+const AWS_FIELDS: &[&str] = &[
+    "profile",
+    "region",
+    "role_arn",
+    "external_id",
+    "session_name",
+    "service",
+    "bearer_env",
+];
 
 struct Validator<'a> {
     text: SourceText<'a>,
@@ -258,8 +278,37 @@ impl Validator<'_> {
             );
             return None;
         };
-        match kind.get_ref().as_str() {
-            "api_key" => self.key_credential(name, table).map(CredentialSpec::Key),
+        let kind_name = kind.get_ref().as_str();
+        let allowed = match kind_name {
+            "api_key" | "bedrock_api_key" => KEY_FIELDS,
+            "aws" => AWS_FIELDS,
+            _ => &[],
+        };
+        let mut foreign = false;
+        for (key, text) in raw.present() {
+            if !allowed.is_empty() && !allowed.contains(&key) {
+                let keys: Vec<_> = allowed.iter().map(|k| format!("`{k}`")).collect();
+                self.report(
+                    text,
+                    format!("`{key}` does not apply to kind `{kind_name}`"),
+                    format!("remove it; kind `{kind_name}` takes {}", keys.join(", ")),
+                );
+                foreign = true;
+            }
+        }
+        if foreign {
+            return None;
+        }
+        match kind_name {
+            "api_key" => self
+                .key_credential(name, table, Rejection::Unauthorized)
+                .map(CredentialSpec::Key),
+            "bedrock_api_key" => self
+                .key_credential(name, table, Rejection::BedrockApiKey)
+                .map(CredentialSpec::Key),
+            "aws" => self
+                .aws_credential(table.get_ref())
+                .map(CredentialSpec::Aws),
             other => {
                 self.report(
                     kind,
@@ -271,7 +320,81 @@ impl Validator<'_> {
         }
     }
 
-    fn key_credential(&mut self, name: &str, table: &Spanned<RawCredential>) -> Option<KeySpec> {
+    fn aws_credential(&mut self, raw: &RawCredential) -> Option<AwsSpec> {
+        let text = |t: &Option<Text>| t.as_ref().map(|t| t.get_ref().trim().to_string());
+        let mut ok = true;
+        if let Some(region) = &raw.region
+            && !is_region(region.get_ref())
+        {
+            self.report(
+                region,
+                format!("`{}` is not an AWS region", region.get_ref()),
+                "write a region code such as \"us-east-1\"".to_string(),
+            );
+            ok = false;
+        }
+        if let Some(role) = &raw.role_arn
+            && !role.get_ref().starts_with("arn:")
+        {
+            self.report(
+                role,
+                format!("`{}` is not a role ARN", role.get_ref()),
+                "write the role's ARN, such as \"arn:aws:iam::123456789012:role/bedrock-user\""
+                    .to_string(),
+            );
+            ok = false;
+        }
+        if raw.role_arn.is_none() {
+            for extra in [&raw.external_id, &raw.session_name].into_iter().flatten() {
+                self.report(
+                    extra,
+                    "this applies only when assuming a role",
+                    "add `role_arn`, or remove this key".to_string(),
+                );
+                ok = false;
+            }
+        }
+        if let Some(var) = &raw.bearer_env
+            && !is_env_name(var.get_ref())
+        {
+            self.report(
+                var,
+                format!("`{}` is not an environment variable name", var.get_ref()),
+                "write a variable name such as \"AWS_BEARER_TOKEN_BEDROCK\"".to_string(),
+            );
+            ok = false;
+        }
+        let service = text(&raw.service).unwrap_or_else(|| "bedrock".to_string());
+        if let Some(s) = &raw.service
+            && (service.is_empty()
+                || !service
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            self.report(
+                s,
+                format!("`{}` is not an AWS service name", s.get_ref()),
+                "write the SigV4 signing name, such as \"bedrock\"".to_string(),
+            );
+            ok = false;
+        }
+        ok.then(|| AwsSpec {
+            profile: text(&raw.profile),
+            region: text(&raw.region),
+            role_arn: text(&raw.role_arn),
+            external_id: text(&raw.external_id),
+            session_name: text(&raw.session_name),
+            service,
+            bearer_env: text(&raw.bearer_env),
+        })
+    }
+
+    fn key_credential(
+        &mut self,
+        name: &str,
+        table: &Spanned<RawCredential>,
+        rejection: Rejection,
+    ) -> Option<KeySpec> {
         let raw = table.get_ref();
         let sources: Vec<(&str, &Text)> = [
             ("env", &raw.env),
@@ -337,7 +460,11 @@ impl Validator<'_> {
             .map(|t| self.duration(&Some(t.clone()), DEFAULT_HELPER_TTL));
         let helper_ttl = ttl.unwrap_or(DEFAULT_HELPER_TTL);
         let helper_timeout = self.duration(&raw.helper_timeout, DEFAULT_HELPER_TIMEOUT);
-        let apply = self.apply(raw.apply.as_ref());
+        let default_apply = match rejection {
+            Rejection::Unauthorized => Apply::Header(HeaderName::from_static("x-api-key")),
+            Rejection::BedrockApiKey => Apply::Bearer,
+        };
+        let apply = self.apply(raw.apply.as_ref(), default_apply);
 
         if let Some(env) = &raw.env
             && !is_env_name(env.get_ref())
@@ -377,12 +504,13 @@ impl Validator<'_> {
             helper_ttl,
             helper_timeout,
             apply,
+            rejection,
         })
     }
 
-    fn apply(&mut self, text: Option<&Text>) -> Option<Apply> {
+    fn apply(&mut self, text: Option<&Text>, default: Apply) -> Option<Apply> {
         let Some(text) = text else {
-            return Some(Apply::Header(HeaderName::from_static("x-api-key")));
+            return Some(default);
         };
         let value = text.get_ref().trim();
         if value.eq_ignore_ascii_case("bearer") {
@@ -448,6 +576,11 @@ impl Validator<'_> {
                 None => default_listen,
             };
             let prefix = self.prefix(&r.prefix);
+            let region_template = r
+                .upstream
+                .get_ref()
+                .contains(REGION_PLACEHOLDER)
+                .then(|| r.upstream.get_ref().clone());
             let upstream = self.upstream(&r.upstream);
             let credential = match index.get(r.credential.get_ref()) {
                 Some(&i) => Some(i),
@@ -484,6 +617,12 @@ impl Validator<'_> {
             if credential == usize::MAX {
                 continue; // the credential itself was reported
             }
+            if region_template.is_some()
+                && !matches!(credentials[credential].spec, CredentialSpec::Aws(_))
+            {
+                self.report(&r.upstream, "`{region}` can be filled in only from an `aws` credential", format!("write the region into the URL, or use a credential of kind \"aws\" (this route uses `{}`)", r.credential.get_ref()));
+                continue;
+            }
             if seen.insert((addr, prefix.clone()), ()).is_some() {
                 self.report(
                     &r.prefix,
@@ -505,6 +644,8 @@ impl Validator<'_> {
             listener.routes.push(Route {
                 prefix,
                 upstream,
+                region_template,
+                disabled: None,
                 credential,
             });
         }
@@ -535,55 +676,76 @@ impl Validator<'_> {
     }
 
     fn upstream(&mut self, text: &Text) -> Option<Upstream> {
-        let value = text.get_ref();
-        let hint = "write an absolute URL such as \"https://api.anthropic.com\"".to_string();
-        let Ok(uri) = Uri::from_str(value) else {
-            self.report(text, format!("`{value}` is not a URL"), hint);
-            return None;
-        };
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            self.report(text, format!("`{value}` is not an absolute URL"), hint);
-            return None;
-        };
-        if uri.query().is_some() || authority.as_str().contains('@') {
-            self.report(
-                text,
-                format!("`{value}` carries a query or user info"),
-                "write only scheme, host and path; credentials go in a [credentials] table"
-                    .to_string(),
-            );
-            return None;
+        // `{region}` is checked with a stand-in here and filled in for real at start.
+        let value = text.get_ref().replace(REGION_PLACEHOLDER, "us-east-1");
+        match parse_upstream(&value) {
+            Ok(upstream) => Some(upstream),
+            Err((message, hint)) => {
+                let message = message.replace(&value, text.get_ref());
+                self.report(text, message, hint);
+                None
+            }
         }
-        let host = authority.host();
-        let is_https = *scheme == Scheme::HTTPS;
-        if !is_https && *scheme != Scheme::HTTP {
-            self.report(
-                text,
-                format!("`{scheme}` is not a supported scheme"),
-                "write an https:// URL".to_string(),
-            );
-            return None;
-        }
-        if !is_https && !is_loopback_host(host) {
-            self.report(
-                text,
-                format!("`{value}` would send credentials unencrypted to another machine"),
-                format!("write https://{}", &value["http://".len()..]),
-            );
-            return None;
-        }
-        let default_port = if is_https { 443 } else { 80 };
-        let authority = match authority.port_u16() {
-            Some(port) if port == default_port => Authority::from_str(host).ok()?,
-            _ => authority.clone(),
-        };
-        let base_path = uri.path().trim_end_matches('/').to_string();
-        Some(Upstream {
-            scheme: scheme.clone(),
-            authority,
-            base_path,
-        })
     }
+}
+
+/// Checks an upstream URL: absolute, https (or http to loopback), no query or user info.
+/// The default port is dropped so the authority is what `Host` and signatures carry.
+pub fn parse_upstream(value: &str) -> Result<Upstream, (String, String)> {
+    let hint = "write an absolute URL such as \"https://api.anthropic.com\"".to_string();
+    let uri =
+        Uri::from_str(value).map_err(|_| (format!("`{value}` is not a URL"), hint.clone()))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err((format!("`{value}` is not an absolute URL"), hint));
+    };
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        return Err((
+            format!("`{value}` carries a query or user info"),
+            "write only scheme, host and path; credentials go in a [credentials] table".to_string(),
+        ));
+    }
+    let host = authority.host();
+    let is_https = *scheme == Scheme::HTTPS;
+    if !is_https && *scheme != Scheme::HTTP {
+        return Err((
+            format!("`{scheme}` is not a supported scheme"),
+            "write an https:// URL".to_string(),
+        ));
+    }
+    if !is_https && !is_loopback_host(host) {
+        return Err((
+            format!("`{value}` would send credentials unencrypted to another machine"),
+            format!("write https://{}", &value["http://".len()..]),
+        ));
+    }
+    let default_port = if is_https { 443 } else { 80 };
+    let authority = match authority.port_u16() {
+        Some(port) if port == default_port => {
+            Authority::from_str(host).map_err(|_| (format!("`{value}` has a bad host"), hint))?
+        }
+        _ => authority.clone(),
+    };
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok(Upstream {
+        scheme: scheme.clone(),
+        authority,
+        base_path,
+    })
+}
+
+/// In an upstream URL: replaced at start by the region of the route's `aws` credential.
+pub const REGION_PLACEHOLDER: &str = "{region}";
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
+pub fn is_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && region.contains('-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
 }
 
 fn is_env_name(name: &str) -> bool {

@@ -138,6 +138,7 @@ impl Helper {
         Ok(Fetched {
             material: Material::Token(token),
             lifetime: Lifetime::Ttl(self.ttl),
+            via: None,
         })
     }
 }
@@ -169,7 +170,9 @@ mod tests {
     }
 
     fn key_of(fetched: Fetched) -> String {
-        let Material::Token(token) = fetched.material;
+        let Material::Token(token) = fetched.material else {
+            panic!("not a token")
+        };
         token.secret().expose().to_string()
     }
 

@@ -4,6 +4,7 @@
 //! A source is asked for a value only by the cache: on first use, shortly before expiry
 //! (in the background), and after an upstream said the value went bad.
 
+mod aws;
 pub mod cache;
 mod helper;
 mod secret;
@@ -14,7 +15,9 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
-use crate::config::{CredentialSpec, KeyFrom, KeySpec};
+use crate::config::{Apply, CredentialConfig, CredentialSpec, KeyFrom, KeySpec, Rejection};
+use crate::schemes::{HeaderScheme, Scheme, SigV4Scheme};
+pub use aws::{AwsChain, AwsMaterial, configured_region};
 pub use cache::CredentialCache;
 pub use helper::Helper;
 pub use secret::Secret;
@@ -34,6 +37,7 @@ pub struct Credential {
 #[derive(Debug, Clone)]
 pub enum Material {
     Token(Token),
+    Aws(AwsMaterial),
 }
 
 /// A key or bearer token, with its header forms prepared once per fetch rather than
@@ -86,6 +90,8 @@ impl Token {
 pub struct Fetched {
     pub material: Material,
     pub lifetime: Lifetime,
+    /// Which link of a chain supplied it (`container endpoint`, `profile`), when known.
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +151,8 @@ impl SourceError {
 pub enum Source {
     Static(StaticKey),
     Helper(Helper),
+    /// Boxed: the loaded chain is large and there is one per credential, not per request.
+    Aws(Box<AwsChain>),
     /// Configured, but what it needs is not set; answers with what to set.
     Unavailable(String),
 }
@@ -153,9 +161,7 @@ impl Source {
     /// Builds the source a credential spec describes. Reads the environment once, to
     /// resolve `helper_env`; performs no I/O.
     pub fn from_spec(spec: &CredentialSpec) -> Source {
-        match spec {
-            CredentialSpec::Key(key) => Self::from_key_spec(key),
-        }
+        Slot::resolve(spec).0
     }
 
     fn from_key_spec(spec: &KeySpec) -> Source {
@@ -190,6 +196,7 @@ impl Source {
         match self {
             Source::Static(source) => source.fetch().await,
             Source::Helper(source) => source.fetch().await,
+            Source::Aws(source) => source.fetch().await,
             Source::Unavailable(why) => Err(SourceError::not_configured(why.clone())),
         }
     }
@@ -199,6 +206,7 @@ impl Source {
         match self {
             Source::Static(source) => source.describe(),
             Source::Helper(source) => source.describe(),
+            Source::Aws(source) => source.describe(),
             Source::Unavailable(_) => "not configured".to_string(),
         }
     }
@@ -209,22 +217,57 @@ impl Source {
     }
 }
 
-/// A named credential and its source, as the cache holds them.
+/// A named credential: where its value comes from and how it goes onto a request.
 #[derive(Debug)]
 pub struct Slot {
     pub name: String,
     pub source: Source,
+    pub scheme: Scheme,
+}
+
+impl Slot {
+    pub fn new(config: &CredentialConfig) -> Slot {
+        let (source, scheme) = Self::resolve(&config.spec);
+        Slot {
+            name: config.name.clone(),
+            source,
+            scheme,
+        }
+    }
+
+    /// Source and scheme are decided together: an `aws` credential whose `bearer_env` is
+    /// set becomes a Bedrock API key, with the bearer scheme and Bedrock's classifier.
+    /// Reads the environment once; performs no I/O.
+    fn resolve(spec: &CredentialSpec) -> (Source, Scheme) {
+        match spec {
+            CredentialSpec::Key(key) => (
+                Source::from_key_spec(key),
+                Scheme::Header(HeaderScheme::new(key.apply.clone(), key.rejection)),
+            ),
+            CredentialSpec::Aws(aws) => {
+                if let Some(var) = &aws.bearer_env
+                    && std::env::var(var).is_ok_and(|v| !v.trim().is_empty())
+                {
+                    return (
+                        Source::Static(StaticKey::Env {
+                            var: var.clone(),
+                            or_helper_env: None,
+                        }),
+                        Scheme::Header(HeaderScheme::new(Apply::Bearer, Rejection::BedrockApiKey)),
+                    );
+                }
+                (
+                    Source::Aws(Box::new(AwsChain::new(aws.clone()))),
+                    Scheme::SigV4(SigV4Scheme::new(aws.service.clone(), aws.region.clone())),
+                )
+            }
+        }
+    }
 }
 
 /// Builds one slot per configured credential, in config order.
-pub fn slots(specs: &[crate::config::CredentialConfig]) -> Vec<Slot> {
-    specs
-        .iter()
-        .map(|c| Slot {
-            name: c.name.clone(),
-            source: Source::from_spec(&c.spec),
-        })
-        .collect()
+pub fn slots(specs: &[CredentialConfig]) -> Vec<Slot> {
+    specs.iter().map(Slot::new).collect()
 }
 
 /// Shortens text that goes into messages (helper commands can be long).

@@ -73,6 +73,7 @@ impl StaticKey {
         Ok(Fetched {
             material: Material::Token(Token::new(secret)?),
             lifetime,
+            via: None,
         })
     }
 

@@ -54,6 +54,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {cause}")]
     BodyUnreadable { cause: String },
+    #[error("route `{route}` is disabled: {reason}")]
+    RouteDisabled { route: String, reason: String },
     #[error("route `{route}` could not get credential `{credential}` ({source_name}): {cause}")]
     Credential {
         route: String,
@@ -91,7 +93,9 @@ impl ProxyError {
             | ProxyError::NoRoute { .. }
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyUnreadable { .. } => Side::Client,
-            ProxyError::Credential { .. } | ProxyError::Apply { .. } => Side::CredentialSource,
+            ProxyError::Credential { .. }
+            | ProxyError::Apply { .. }
+            | ProxyError::RouteDisabled { .. } => Side::CredentialSource,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 Side::Upstream
             }
@@ -109,6 +113,7 @@ impl ProxyError {
             ProxyError::BodyUnreadable { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
+            | ProxyError::RouteDisabled { .. }
             | ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -44,8 +44,6 @@ pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 pub struct Shared {
     pub client: UpstreamClient,
     pub credentials: CredentialCache,
-    /// One per credential, same index.
-    pub schemes: Vec<Scheme>,
     pub max_body: usize,
     pub upstream_timeout: Duration,
 }
@@ -55,11 +53,6 @@ impl Shared {
         Shared {
             client,
             credentials,
-            schemes: config
-                .credentials
-                .iter()
-                .map(|c| Scheme::for_credential(&c.spec))
-                .collect(),
             max_body: config.max_body,
             upstream_timeout: config.upstream_timeout,
         }
@@ -127,6 +120,12 @@ impl Proxy {
             })?;
         log.route = Some(&route.prefix);
         log.credential = Some(&self.shared.credentials.slot(route.credential).name);
+        if let Some(reason) = &route.disabled {
+            return Err(ProxyError::RouteDisabled {
+                route: route.prefix.clone(),
+                reason: reason.clone(),
+            });
+        }
         let body = body::read_limited(&parts.headers, body, self.shared.max_body).await?;
         headers::strip_request(&mut parts.headers);
         self.forward(route, parts, body, log).await
@@ -141,7 +140,7 @@ impl Proxy {
         log: &mut AccessLog<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let shared = &*self.shared;
-        let scheme = &shared.schemes[route.credential];
+        let scheme = &shared.credentials.slot(route.credential).scheme;
         let path_and_query = parts
             .uri
             .path_and_query()

@@ -1,4 +1,5 @@
-//! A key or token in a single header. The Anthropic API, Azure keys, bearer tokens.
+//! A key or token in a single header: the Anthropic API, Azure keys, bearer tokens,
+//! Bedrock API keys.
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
@@ -6,17 +7,25 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 
 use super::{ApplyError, Verdict};
-use crate::config::Apply;
+use crate::config::{Apply, Rejection};
 use crate::credentials::{Credential, Material};
 
 #[derive(Debug, Clone)]
 pub struct HeaderScheme {
     apply: Apply,
+    rejection: Rejection,
 }
 
+/// Bedrock's answer to a bad API key starts with this (a 403, not a 401).
+const BEDROCK_KEY_REJECTED: &[u8] = br#"{"Message":"Authentication failed"#;
+
 impl HeaderScheme {
-    pub fn new(apply: Apply) -> Self {
-        HeaderScheme { apply }
+    pub fn new(apply: Apply, rejection: Rejection) -> Self {
+        HeaderScheme { apply, rejection }
+    }
+
+    pub fn is_bedrock(&self) -> bool {
+        self.rejection == Rejection::BedrockApiKey
     }
 
     pub fn apply(
@@ -25,7 +34,9 @@ impl HeaderScheme {
         _body: &Bytes,
         credential: &Credential,
     ) -> Result<(), ApplyError> {
-        let Material::Token(token) = &credential.material;
+        let Material::Token(token) = &credential.material else {
+            return Err(ApplyError("this credential is not a key or token".into()));
+        };
         let headers = request.headers_mut();
         match &self.apply {
             Apply::Header(name) => headers.insert(name.clone(), token.bare_header().clone()),
@@ -36,17 +47,27 @@ impl HeaderScheme {
 
     /// Any 401 means the key or token was not accepted (Anthropic `authentication_error`,
     /// Azure "invalid subscription key", an expired bearer). 403 is a permission problem a
-    /// new key would not cure, so it passes through like every other status.
+    /// new key would not cure and passes through, except Bedrock's 403 for a bad API key,
+    /// which the body tells apart.
     pub fn classify(&self, status: StatusCode, _headers: &HeaderMap) -> Verdict {
-        if status == StatusCode::UNAUTHORIZED {
+        match (status, self.rejection) {
+            (StatusCode::UNAUTHORIZED, _) => Verdict::Refresh,
+            (StatusCode::FORBIDDEN, Rejection::BedrockApiKey) => {
+                Verdict::Inspect { max_bytes: 4096 }
+            }
+            _ => Verdict::Deliver,
+        }
+    }
+
+    pub fn classify_body(&self, status: StatusCode, _headers: &HeaderMap, body: &[u8]) -> Verdict {
+        if status == StatusCode::FORBIDDEN
+            && self.rejection == Rejection::BedrockApiKey
+            && body.trim_ascii_start().starts_with(BEDROCK_KEY_REJECTED)
+        {
             Verdict::Refresh
         } else {
             Verdict::Deliver
         }
-    }
-
-    pub fn classify_body(&self, status: StatusCode, headers: &HeaderMap, _body: &[u8]) -> Verdict {
-        self.classify(status, headers)
     }
 }
 
@@ -65,7 +86,7 @@ mod tests {
 
     fn applied(apply: Apply) -> HeaderMap {
         let mut request = Request::new(Full::new(Bytes::new()));
-        HeaderScheme::new(apply)
+        HeaderScheme::new(apply, Rejection::Unauthorized)
             .apply(&mut request, &Bytes::new(), &credential("sk-1"))
             .unwrap();
         request.headers().clone()
@@ -84,7 +105,7 @@ mod tests {
 
     #[test]
     fn only_401_asks_for_a_refresh() {
-        let scheme = HeaderScheme::new(Apply::Bearer);
+        let scheme = HeaderScheme::new(Apply::Bearer, Rejection::Unauthorized);
         let none = HeaderMap::new();
         assert_eq!(
             scheme.classify(StatusCode::UNAUTHORIZED, &none),
@@ -94,5 +115,35 @@ mod tests {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(scheme.classify(status, &none), Verdict::Deliver, "{status}");
         }
+    }
+
+    #[test]
+    fn bedrock_api_key_rejection_is_told_apart_by_its_body() {
+        let scheme = HeaderScheme::new(Apply::Bearer, Rejection::BedrockApiKey);
+        let none = HeaderMap::new();
+        let forbidden = StatusCode::FORBIDDEN;
+        assert_eq!(
+            scheme.classify(forbidden, &none),
+            Verdict::Inspect { max_bytes: 4096 }
+        );
+        let bad_key =
+            br#"{"Message":"Authentication failed: Please make sure your API Key is valid."}"#;
+        assert_eq!(
+            scheme.classify_body(forbidden, &none, bad_key),
+            Verdict::Refresh
+        );
+        let denied = br#"{"message":"User is not authorized to perform: bedrock:InvokeModel"}"#;
+        assert_eq!(
+            scheme.classify_body(forbidden, &none, denied),
+            Verdict::Deliver
+        );
+        assert_eq!(
+            scheme.classify(StatusCode::UNAUTHORIZED, &none),
+            Verdict::Refresh
+        );
+        assert_eq!(
+            scheme.classify(StatusCode::TOO_MANY_REQUESTS, &none),
+            Verdict::Deliver
+        );
     }
 }

@@ -6,19 +6,22 @@
 //! the upstream answered the first attempt and before any byte went to the client.
 
 mod header;
+mod sigv4;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 
-use crate::config::CredentialSpec;
 use crate::credentials::Credential;
 pub use header::HeaderScheme;
+pub use sigv4::{SigV4Scheme, region_from_host};
 
 #[derive(Debug, Clone)]
 pub enum Scheme {
     /// A key or token in one header (`x-api-key`, `Authorization: Bearer`, `api-key`, ...).
     Header(HeaderScheme),
+    /// AWS Signature Version 4 over method, path, query, a minimal header set and the body.
+    SigV4(SigV4Scheme),
 }
 
 /// What to do with the upstream's answer to the first attempt.
@@ -42,11 +45,9 @@ pub enum Verdict {
 pub struct ApplyError(pub String);
 
 impl Scheme {
-    /// The scheme a credential is applied with; decided by its kind and settings.
-    pub fn for_credential(spec: &CredentialSpec) -> Scheme {
-        match spec {
-            CredentialSpec::Key(key) => Scheme::Header(HeaderScheme::new(key.apply.clone())),
-        }
+    /// A Bedrock API key (bearer with Bedrock's classifier), for `credproxy env`.
+    pub fn is_bedrock(&self) -> bool {
+        matches!(self, Scheme::Header(h) if h.is_bedrock())
     }
 
     /// Puts the credential on an upstream request whose client credentials are already
@@ -59,6 +60,7 @@ impl Scheme {
     ) -> Result<(), ApplyError> {
         match self {
             Scheme::Header(scheme) => scheme.apply(request, body, credential),
+            Scheme::SigV4(scheme) => scheme.apply(request, body, credential),
         }
     }
 
@@ -66,13 +68,15 @@ impl Scheme {
     pub fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
         match self {
             Scheme::Header(scheme) => scheme.classify(status, headers),
+            Scheme::SigV4(scheme) => scheme.classify(status, headers),
         }
     }
 
-    /// Judges a response whose first verdict was [`Verdict::Inspect`], from its body prefix.
+    /// Judges a response whose first verdict was [`Verdict::Inspect`], from its whole (small) body.
     pub fn classify_body(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
         match self {
             Scheme::Header(scheme) => scheme.classify_body(status, headers, body),
+            Scheme::SigV4(scheme) => scheme.classify_body(status, headers, body),
         }
     }
 }

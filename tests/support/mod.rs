@@ -325,6 +325,8 @@ impl Spawn<'_> {
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", self.scratch.path("home"))
+            // Nothing may probe the real instance metadata address from a test.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(config)

@@ -11,6 +11,13 @@ fn problems(text: &str) -> Vec<Problem> {
     parse(text).expect_err("config should be rejected").problems
 }
 
+fn key_spec(config: &Config, index: usize) -> &KeySpec {
+    match &config.credentials[index].spec {
+        CredentialSpec::Key(key) => key,
+        other => panic!("not a key credential: {other:?}"),
+    }
+}
+
 const MINIMAL: &str = r#"
 [credentials.anthropic]
 kind = "api_key"
@@ -31,7 +38,7 @@ fn embedded_default_is_valid() {
         config.listeners[0].routes[0].upstream.to_string(),
         "https://api.anthropic.com"
     );
-    let CredentialSpec::Key(key) = &config.credentials[0].spec;
+    let key = key_spec(&config, 0);
     assert_eq!(key.helper_env.as_deref(), Some("CREDPROXY_API_KEY_HELPER"));
     assert!(matches!(&key.from, Some(KeyFrom::Env(v)) if v == "ANTHROPIC_API_KEY"));
 }
@@ -54,7 +61,7 @@ fn example_config_is_valid() {
 fn minimal_config_gets_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.max_body, 32 * 1024 * 1024);
-    let CredentialSpec::Key(key) = &config.credentials[0].spec;
+    let key = key_spec(&config, 0);
     assert_eq!(
         key.apply,
         Apply::Header(HeaderName::from_static("x-api-key"))
@@ -191,10 +198,7 @@ fn apply_forms() {
             &format!("env = \"K\"\napply = \"{apply}\""),
         ))
     };
-    let key = |c: Config| {
-        let CredentialSpec::Key(key) = c.credentials[0].spec.clone();
-        key.apply
-    };
+    let key = |c: Config| key_spec(&c, 0).apply.clone();
     assert_eq!(key(with("bearer").unwrap()), Apply::Bearer);
     assert_eq!(
         key(with("api-key").unwrap()),
@@ -233,13 +237,13 @@ fn key_sources_must_make_sense() {
     );
     assert!(only("env = \"K\"\nhelper_timeout = \"5s\"").is_err());
     let helper = only("helper = \"cat ~/.key\"\nttl = \"90s\"\nhelper_timeout = \"5s\"").unwrap();
-    let CredentialSpec::Key(key) = &helper.credentials[0].spec;
+    let key = key_spec(&helper, 0);
     assert_eq!(
         (key.helper_ttl, key.helper_timeout),
         (Duration::from_secs(90), Duration::from_secs(5))
     );
     let file = only("file = \"keys/anthropic\"").unwrap();
-    let CredentialSpec::Key(key) = &file.credentials[0].spec;
+    let key = key_spec(&file, 0);
     assert!(
         matches!(&key.from, Some(KeyFrom::File { path, .. }) if path == Path::new("/etc/credproxy/keys/anthropic"))
     );

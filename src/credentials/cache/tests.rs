@@ -28,10 +28,10 @@ impl Script {
         let command = format!(
             "echo run >> {d}/runs; sleep {delay}; [ -e {d}/fail ] && {{ echo broken >&2; exit 1; }}; cat {d}/key"
         );
-        let slot = Slot {
-            name: "test".into(),
-            source: Source::Helper(Helper::new(command, ttl, Duration::from_secs(10))),
-        };
+        let slot = slot(
+            "test",
+            Source::Helper(Helper::new(command, ttl, Duration::from_secs(10))),
+        );
         CredentialCache::new(vec![slot])
     }
 
@@ -54,8 +54,22 @@ impl Script {
 }
 
 fn key(credential: &Credential) -> &str {
-    let Material::Token(token) = &credential.material;
+    let Material::Token(token) = &credential.material else {
+        panic!("not a token")
+    };
     token.secret().expose()
+}
+
+fn slot(name: &str, source: Source) -> Slot {
+    let apply = crate::config::Apply::Bearer;
+    Slot {
+        name: name.into(),
+        source,
+        scheme: crate::schemes::Scheme::Header(crate::schemes::HeaderScheme::new(
+            apply,
+            crate::config::Rejection::Unauthorized,
+        )),
+    }
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -166,21 +180,21 @@ async fn failed_refresh_keeps_serving_the_last_good_value_until_it_expires() {
 #[tokio::test]
 async fn a_hanging_source_does_not_delay_another_credential() {
     let script = Script::new();
-    let slow = Slot {
-        name: "slow".into(),
-        source: Source::Helper(Helper::new(
+    let slow = slot(
+        "slow",
+        Source::Helper(Helper::new(
             "sleep 5; echo slow".into(),
             Duration::from_secs(60),
             Duration::from_secs(10),
         )),
-    };
-    let fast = Slot {
-        name: "fast".into(),
-        source: Source::Static(crate::credentials::StaticKey::File {
+    );
+    let fast = slot(
+        "fast",
+        Source::Static(crate::credentials::StaticKey::File {
             path: script.path("key"),
             ttl: None,
         }),
-    };
+    );
     let cache = CredentialCache::new(vec![slow, fast]);
     let stuck = {
         let cache = cache.clone();

@@ -1,0 +1,193 @@
+//! AWS credentials from aws-config's default chain: environment, shared config and
+//! credentials files (`profile`), IAM Identity Center (SSO), `credential_process`, web
+//! identity, ECS/EKS container endpoints and EC2 instance metadata — optionally assuming a
+//! role on top. The chain itself does not cache; [`super::cache`] does.
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::ProvideRegion;
+use aws_config::profile::ProfileFileRegionProvider;
+use aws_config::sts::AssumeRoleProvider;
+use aws_credential_types::Credentials;
+use aws_credential_types::credential_feature::AwsCredentialFeature;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_types::region::Region;
+use tokio::sync::OnceCell;
+
+use super::{Fetched, Lifetime, Material, SourceError};
+use crate::config::AwsSpec;
+
+/// Credentials plus the signing identity made from them once per fetch.
+#[derive(Debug, Clone)]
+pub struct AwsMaterial {
+    pub credentials: Credentials,
+    pub identity: Identity,
+    /// The chain's region, for signing when the upstream host names none.
+    pub region: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct AwsChain {
+    spec: AwsSpec,
+    /// Built on first use: loading the chain reads profile files and may be slow.
+    loaded: OnceCell<(SharedCredentialsProvider, Option<Region>)>,
+}
+
+impl AwsChain {
+    pub fn new(spec: AwsSpec) -> Self {
+        AwsChain {
+            spec,
+            loaded: OnceCell::new(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let mut text = String::from("aws chain");
+        if let Some(profile) = &self.spec.profile {
+            text.push_str(&format!(" (profile {profile})"));
+        }
+        if let Some(role) = &self.spec.role_arn {
+            text.push_str(&format!(" assuming {role}"));
+        }
+        text
+    }
+
+    async fn provider(&self) -> &(SharedCredentialsProvider, Option<Region>) {
+        self.loaded
+            .get_or_init(|| async {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                if let Some(profile) = &self.spec.profile {
+                    loader = loader.profile_name(profile);
+                }
+                if let Some(region) = &self.spec.region {
+                    loader = loader.region(Region::new(region.clone()));
+                }
+                let config = loader.load().await;
+                let region = config.region().cloned();
+                let chain = config
+                    .credentials_provider()
+                    .unwrap_or_else(|| SharedCredentialsProvider::new(NoProvider));
+                let provider = match &self.spec.role_arn {
+                    None => chain,
+                    Some(role) => {
+                        let mut builder = AssumeRoleProvider::builder(role)
+                            .session_name(
+                                self.spec
+                                    .session_name
+                                    .clone()
+                                    .unwrap_or_else(|| "credproxy".into()),
+                            )
+                            .configure(&config);
+                        if let Some(id) = &self.spec.external_id {
+                            builder = builder.external_id(id);
+                        }
+                        SharedCredentialsProvider::new(builder.build_from_provider(chain).await)
+                    }
+                };
+                (provider, region)
+            })
+            .await
+    }
+
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
+        let (provider, region) = self.provider().await;
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| classify(&self.describe(), e))?;
+        let lifetime = credentials
+            .expiry()
+            .map_or(Lifetime::UntilRejected, Lifetime::IssuerExpiry);
+        let via = link(&credentials);
+        let identity = Identity::new(credentials.clone(), credentials.expiry());
+        Ok(Fetched {
+            material: Material::Aws(AwsMaterial {
+                credentials,
+                identity,
+                region: region.as_ref().map(|r| r.to_string()),
+            }),
+            lifetime,
+            via,
+        })
+    }
+}
+
+/// The region for `{region}` in upstream URLs: the config, `AWS_REGION`,
+/// `AWS_DEFAULT_REGION`, then the profile file — never the instance metadata service, so
+/// start-up on a laptop does not wait on a link-local timeout.
+pub async fn configured_region(spec: &AwsSpec) -> Option<String> {
+    if let Some(region) = &spec.region {
+        return Some(region.clone());
+    }
+    for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+        if let Ok(region) = std::env::var(var)
+            && !region.trim().is_empty()
+        {
+            return Some(region.trim().to_string());
+        }
+    }
+    let mut profile = ProfileFileRegionProvider::builder();
+    if let Some(name) = &spec.profile {
+        profile = profile.profile_name(name);
+    }
+    profile.build().region().await.map(|r| r.to_string())
+}
+
+/// Which link of the chain answered, from the feature marks aws-config leaves on credentials.
+fn link(credentials: &Credentials) -> Option<String> {
+    let features = credentials.get_property::<Vec<AwsCredentialFeature>>()?;
+    let names: Vec<&str> = features
+        .iter()
+        .filter_map(|f| {
+            Some(match f {
+                AwsCredentialFeature::CredentialsEnvVars => "environment variables",
+                AwsCredentialFeature::CredentialsProfile => "profile",
+                AwsCredentialFeature::CredentialsProfileSourceProfile => "source profile",
+                AwsCredentialFeature::CredentialsProfileProcess
+                | AwsCredentialFeature::CredentialsProcess => "credential_process",
+                AwsCredentialFeature::CredentialsProfileSso
+                | AwsCredentialFeature::CredentialsSso => "IAM Identity Center (SSO)",
+                AwsCredentialFeature::CredentialsEnvVarsStsWebIdToken
+                | AwsCredentialFeature::CredentialsProfileStsWebIdToken
+                | AwsCredentialFeature::CredentialsStsAssumeRoleWebId => "web identity",
+                AwsCredentialFeature::CredentialsStsAssumeRole => "assume role",
+                AwsCredentialFeature::CredentialsHttp => "container endpoint",
+                AwsCredentialFeature::CredentialsImds => "EC2 instance metadata",
+                AwsCredentialFeature::CredentialsLogin
+                | AwsCredentialFeature::CredentialsProfileLogin => "aws login",
+                _ => return None,
+            })
+        })
+        .collect();
+    (!names.is_empty()).then(|| names.join(" + "))
+}
+
+fn classify(source: &str, error: CredentialsError) -> SourceError {
+    let message = format!("{source}: {}", DisplayErrorContext(&error));
+    match error {
+        CredentialsError::CredentialsNotLoaded(_) => SourceError::not_configured(format!(
+            "{message}; configure AWS credentials (AWS_ACCESS_KEY_ID, a profile, SSO, a container or instance role)"
+        )),
+        CredentialsError::InvalidConfiguration(_) => SourceError::unrecoverable(message),
+        _ => SourceError::transient(message),
+    }
+}
+
+/// Stands in when aws-config finds no chain at all (it always does with default features).
+#[derive(Debug)]
+struct NoProvider;
+
+impl ProvideCredentials for NoProvider {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            CredentialsError::not_loaded("aws-config found no credential chain"),
+        ))
+    }
+}
