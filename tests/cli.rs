@@ -194,12 +194,14 @@ async fn no_secret_reaches_the_output_at_trace_level() {
     const HELPER_OLD: &str = "sk-ant-helper-SECRET-2222";
     const HELPER_NEW: &str = "sk-ant-helper-SECRET-3333";
     const CLIENT_SECRET: &str = "sk-ant-client-SECRET-4444";
+    const AWS_SECRET: &str = "aws-secret-SECRET-5555-wJalrXUtnFEMI";
+    const AWS_TOKEN: &str = "aws-session-SECRET-6666-FwoGZXIvYXdzEJr";
     let upstream = FakeUpstream::start(|req| {
         let key = req
             .header("x-api-key")
             .or(req.header("authorization"))
             .unwrap_or("");
-        if key.ends_with("1111") || key.ends_with("3333") {
+        if key.ends_with("1111") || key.ends_with("3333") || key.starts_with("AWS4-HMAC-SHA256") {
             Reply::status(200, "{}")
         } else {
             Reply::anthropic_error(401, "authentication_error", "invalid x-api-key")
@@ -221,10 +223,17 @@ apply = "bearer"
 prefix = "/"
 upstream = "{1}"
 credential = "env"
+[credentials.aws]
+kind = "aws"
+region = "us-east-1"
 [[routes]]
 prefix = "/h"
 upstream = "{1}"
 credential = "helper"
+[[routes]]
+prefix = "/aws"
+upstream = "{1}"
+credential = "aws"
 "#,
         scratch.counting_helper("0"),
         upstream.url()
@@ -234,6 +243,9 @@ credential = "helper"
         let _ = std::fs::remove_file(scratch.path("runs"));
         let proxy = credproxy(&scratch, &config)
             .env("ANTHROPIC_API_KEY", ENV_SECRET)
+            .env("AWS_ACCESS_KEY_ID", "AKIATRACETEST")
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+            .env("AWS_SESSION_TOKEN", AWS_TOKEN)
             .arg("--log-level")
             .arg("trace")
             .arg("--log-format")
@@ -254,6 +266,7 @@ credential = "helper"
             200,
             "refreshed after a 401"
         );
+        assert_eq!(send(dummy("/aws/model/m/invoke")).await.status, 200);
         let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(true)
@@ -276,7 +289,21 @@ credential = "helper"
             "really at trace level"
         );
         assert!(output.contains("credproxy::access"), "{output}");
-        for secret in [ENV_SECRET, HELPER_OLD, HELPER_NEW, CLIENT_SECRET] {
+        assert!(
+            upstream
+                .requests()
+                .iter()
+                .any(|r| r.header("x-amz-security-token") == Some(AWS_TOKEN)),
+            "the AWS route was used"
+        );
+        for secret in [
+            ENV_SECRET,
+            HELPER_OLD,
+            HELPER_NEW,
+            CLIENT_SECRET,
+            AWS_SECRET,
+            AWS_TOKEN,
+        ] {
             assert!(
                 !output.contains(secret),
                 "{secret} leaked in {format} output:\n{output}"

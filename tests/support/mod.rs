@@ -2,6 +2,8 @@
 //! with a clean environment, and small HTTP clients.
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
+pub mod sigv4;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -283,10 +285,22 @@ impl Scratch {
 
 pub struct Spawn<'a> {
     scratch: &'a Scratch,
-    config: String,
+    /// None: run with the embedded default (no `--config`).
+    config: Option<String>,
     listeners: usize,
     env: Vec<(String, String)>,
     args: Vec<String>,
+}
+
+/// Like [`credproxy`], with the embedded default config.
+pub fn credproxy_default(scratch: &Scratch) -> Spawn<'_> {
+    Spawn {
+        scratch,
+        config: None,
+        listeners: 1,
+        env: Vec::new(),
+        args: Vec::new(),
+    }
 }
 
 /// Starts credproxy with `config`, a clean environment (PATH, HOME in the scratch dir)
@@ -294,7 +308,7 @@ pub struct Spawn<'a> {
 pub fn credproxy<'a>(scratch: &'a Scratch, config: &str) -> Spawn<'a> {
     Spawn {
         scratch,
-        config: config.to_string(),
+        config: Some(config.to_string()),
         listeners: 1,
         env: Vec::new(),
         args: Vec::new(),
@@ -319,8 +333,12 @@ impl Spawn<'_> {
     }
 
     fn command(&self, subcommand: Option<&str>) -> Command {
-        let config = self.scratch.write("credproxy.toml", &self.config);
         let mut command = Command::new(env!("CARGO_BIN_EXE_credproxy"));
+        if let Some(config) = &self.config {
+            command
+                .arg("--config")
+                .arg(self.scratch.write("credproxy.toml", config));
+        }
         command
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -328,8 +346,6 @@ impl Spawn<'_> {
             // Nothing may probe the real instance metadata address from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .arg("--config")
-            .arg(config)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
