@@ -663,3 +663,54 @@ async fn the_embedded_default_serves_bedrock_only_when_a_region_is_known() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_role_is_assumed_on_top_of_the_chain_through_sts() {
+    // A fake STS (AWS_ENDPOINT_URL_STS) that checks the AssumeRole call is signed with the
+    // base credentials and carries the role, session name and external id.
+    let base = HashMap::from([(AKID.to_string(), SECRET.to_string())]);
+    let sts = {
+        let base = base.clone();
+        FakeUpstream::start(move |req| {
+            let signed = match verified(req, &base) {
+                Ok(signed) => signed,
+                Err(why) => return Reply::status(403, why),
+            };
+            let form = String::from_utf8_lossy(&req.body).to_string();
+            let wanted = [
+                "Action=AssumeRole",
+                "RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fbedrock-user",
+                "RoleSessionName=bench-session",
+                "ExternalId=ext-42",
+            ];
+            if signed.service != "sts" || !wanted.iter().all(|w| form.contains(w)) {
+                return Reply::status(400, format!("unexpected call: {} {form}", signed.service));
+            }
+            Reply::Full {
+                status: 200,
+                headers: vec![("content-type", "text/xml".into())],
+                body: Bytes::from(
+                    r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><Credentials><AccessKeyId>ASIAASSUMED</AccessKeyId><SecretAccessKey>assumed-secret</SecretAccessKey><SessionToken>assumed-token</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>AROAEXAMPLE:bench-session</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/bedrock-user/bench-session</Arn></AssumedRoleUser></AssumeRoleResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></AssumeRoleResponse>"#,
+                ),
+            }
+        })
+        .await
+    };
+    let assumed = HashMap::from([("ASIAASSUMED".to_string(), "assumed-secret".to_string())]);
+    let upstream = verifying_upstream(assumed.clone()).await;
+    let scratch = Scratch::new();
+    let extra = r#"role_arn = "arn:aws:iam::123456789012:role/bedrock-user"
+session_name = "bench-session"
+external_id = "ext-42""#;
+    let proxy = credproxy(&scratch, &aws_config(&upstream.url(), extra))
+        .env("AWS_ACCESS_KEY_ID", AKID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_ENDPOINT_URL_STS", &sts.url())
+        .start();
+    let answer = post(&proxy.url("/bedrock/model/m/invoke"), "{}").await;
+    assert_eq!(answer.status, 200, "{}\n{}", answer.text(), proxy.output());
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(verified(&seen, &assumed).unwrap().access_key, "ASIAASSUMED");
+    assert_eq!(seen.header("x-amz-security-token"), Some("assumed-token"));
+    assert_eq!(sts.count(), 1);
+}

@@ -253,3 +253,89 @@ fn key_sources_must_make_sense() {
         "a literal key never prints"
     );
 }
+
+const AWS: &str = r#"
+[credentials.aws]
+kind = "aws"
+
+[[routes]]
+prefix = "/bedrock"
+upstream = "https://bedrock-runtime.{region}.amazonaws.com"
+credential = "aws"
+"#;
+
+#[test]
+fn aws_credentials_take_their_own_keys_only() {
+    let config = parse(&AWS.replace("kind = \"aws\"", "kind = \"aws\"\nprofile = \"dev\"\nregion = \"eu-west-1\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nexternal_id = \"x\"\nservice = \"bedrock-mantle\"")).unwrap();
+    let CredentialSpec::Aws(aws) = &config.credentials[0].spec else {
+        panic!("not aws")
+    };
+    assert_eq!(aws.profile.as_deref(), Some("dev"));
+    assert_eq!(aws.service, "bedrock-mantle");
+
+    let p = problems(&AWS.replace("kind = \"aws\"", "kind = \"aws\"\nenv = \"AWS_KEY\""));
+    assert_eq!((p[0].line, p[0].column), (4, 7));
+    assert!(
+        p[0].message.contains("`env` does not apply to kind `aws`"),
+        "{p:#?}"
+    );
+    assert!(
+        p[0].hint.as_deref().unwrap().contains("`profile`"),
+        "{p:#?}"
+    );
+
+    let p = problems(&AWS.replace(
+        "kind = \"aws\"",
+        "kind = \"aws\"\nregion = \"Virginia\"\nexternal_id = \"x\"",
+    ));
+    assert!(
+        p[0].message.contains("`Virginia` is not an AWS region"),
+        "{p:#?}"
+    );
+    assert!(p[1].message.contains("only when assuming a role"), "{p:#?}");
+
+    let p = problems(&MINIMAL.replace(
+        "kind = \"api_key\"",
+        "kind = \"api_key\"\nprofile = \"dev\"",
+    ));
+    assert!(
+        p[0].message
+            .contains("`profile` does not apply to kind `api_key`"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn region_placeholders_are_filled_in_or_the_route_is_disabled() {
+    let mut config = parse(AWS).unwrap();
+    assert!(config.listeners[0].routes[0].region_template.is_some());
+    config.resolve_regions(&[Some("ap-south-1".into())]);
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(
+        route.upstream.to_string(),
+        "https://bedrock-runtime.ap-south-1.amazonaws.com"
+    );
+    assert!(route.disabled.is_none());
+
+    let mut config = parse(AWS).unwrap();
+    config.resolve_regions(&[None]);
+    let reason = config.listeners[0].routes[0].disabled.clone().unwrap();
+    assert!(reason.contains("set AWS_REGION"), "{reason}");
+
+    let p = problems(&MINIMAL.replace("https://api.anthropic.com", "https://{region}.example.com"));
+    assert!(
+        p[0].message.contains("only from an `aws` credential"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn bedrock_api_keys_default_to_bearer() {
+    let text = MINIMAL.replace("kind = \"api_key\"", "kind = \"bedrock_api_key\"");
+    let config = parse(&text).unwrap();
+    let key = key_spec(&config, 0);
+    assert_eq!(
+        (key.apply.clone(), key.rejection),
+        (Apply::Bearer, Rejection::BedrockApiKey)
+    );
+}
