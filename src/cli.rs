@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, CredentialSpec, Route};
-use crate::credentials::{Lifetime, Slot};
+use crate::credentials::{GoogleChain, Lifetime, Slot};
 
 /// One row of the `check` table.
 #[derive(Debug)]
@@ -195,6 +195,21 @@ pub fn env_report(config: &Config) -> String {
             {
                 bedrock_env(&mut out, &url, route)
             }
+            CredentialSpec::Google(google) if is_vertex(route) => {
+                let region = config.regions.get(route.credential).cloned().flatten();
+                vertex_env(
+                    &mut out,
+                    &url,
+                    region.as_deref(),
+                    GoogleChain::new(google.clone()).project().as_deref(),
+                );
+            }
+            CredentialSpec::Google(_) => {
+                let _ = writeln!(
+                    out,
+                    "# a Google bearer token is applied; clients send unauthenticated requests to {url}"
+                );
+            }
             CredentialSpec::Aws(aws) => {
                 let _ = writeln!(
                     out,
@@ -206,6 +221,34 @@ pub fn env_report(config: &Config) -> String {
         out.push('\n');
     }
     out
+}
+
+fn is_vertex(route: &Route) -> bool {
+    let host = route.upstream.authority.host();
+    host.ends_with("aiplatform.googleapis.com")
+        || (host.starts_with("aiplatform.") && host.ends_with(".rep.googleapis.com"))
+}
+
+/// Claude Code's Vertex mode through credproxy: it skips its own Google auth. The SDK
+/// appends `/projects/...` to a base URL that ends in `/v1`.
+fn vertex_env(out: &mut String, url: &str, region: Option<&str>, project: Option<&str>) {
+    let _ = writeln!(out, "export CLAUDE_CODE_USE_VERTEX=1");
+    let _ = writeln!(out, "export ANTHROPIC_VERTEX_BASE_URL={url}/v1");
+    let _ = writeln!(out, "export CLAUDE_CODE_SKIP_VERTEX_AUTH=1");
+    if let Some(region) = region {
+        let _ = writeln!(out, "export CLOUD_ML_REGION={region}");
+    }
+    match project {
+        Some(project) => {
+            let _ = writeln!(out, "export ANTHROPIC_VERTEX_PROJECT_ID={project}");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "export ANTHROPIC_VERTEX_PROJECT_ID=<your-project-id>  # credproxy does not know it: set `project` in the credential"
+            );
+        }
+    }
 }
 
 /// Claude Code's Bedrock mode through credproxy: it skips its own AWS auth.

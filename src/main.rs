@@ -45,6 +45,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Several rustls backends are compiled in (ring, and aws-lc-rs through the AWS SDK);
+    // libraries that ask rustls for "the default" (gcp_auth) need one named up front.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     if let Some(Command::DefaultConfig) = args.command {
         print!("{EMBEDDED_DEFAULT}");
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
         }
     };
     let regions = runtime.block_on(credential_regions(&config));
-    config.resolve_regions(&regions);
+    config.resolve_regions(regions);
     match args.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(config)),
         Command::Check => runtime.block_on(check(config)),
@@ -87,6 +90,12 @@ async fn credential_regions(config: &Config) -> Vec<Option<String>> {
     for credential in &config.credentials {
         regions.push(match &credential.spec {
             CredentialSpec::Aws(aws) => credentials::configured_region(aws).await,
+            CredentialSpec::Google(google) => google.region.clone().or_else(|| {
+                std::env::var("CLOUD_ML_REGION")
+                    .ok()
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+            }),
             CredentialSpec::Key(_) => None,
         });
     }

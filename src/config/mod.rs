@@ -11,6 +11,15 @@ mod validate;
 
 pub use validate::is_region;
 
+/// The Vertex AI host for a region: `global` and the `us`/`eu` multi-regions have their own.
+pub fn vertex_host(region: &str) -> String {
+    match region {
+        "global" => "aiplatform.googleapis.com".to_string(),
+        "us" | "eu" => format!("aiplatform.{region}.rep.googleapis.com"),
+        _ => format!("{region}-aiplatform.googleapis.com"),
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +68,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub guard: GuardConfig,
     pub ca_file: Option<PathBuf>,
+    /// Each credential's region (same index), once [`Config::resolve_regions`] ran.
+    pub regions: Vec<Option<String>>,
 }
 
 /// One bound address and the routes it serves.
@@ -120,6 +131,8 @@ pub enum CredentialSpec {
     Key(KeySpec),
     /// AWS credentials from the AWS chain, applied with SigV4 (`kind = "aws"`).
     Aws(AwsSpec),
+    /// A Google OAuth access token from Google's credential chain (`kind = "google"`).
+    Google(GoogleSpec),
 }
 
 impl CredentialSpec {
@@ -130,9 +143,27 @@ impl CredentialSpec {
                 Rejection::BedrockApiKey => "bedrock_api_key",
             },
             CredentialSpec::Aws(_) => "aws",
+            CredentialSpec::Google(_) => "google",
         }
     }
 }
+
+/// `kind = "google"`: a service-account key file, or Google's application-default chain
+/// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's application-default login, the metadata
+/// server, the `gcloud` CLI); applied as `Authorization: Bearer`.
+#[derive(Debug, Clone, Default)]
+pub struct GoogleSpec {
+    pub key_file: Option<PathBuf>,
+    pub scopes: Vec<String>,
+    /// Sent as `x-goog-user-project` (billing and quota for user credentials).
+    pub quota_project: Option<String>,
+    /// For `credproxy env` (`ANTHROPIC_VERTEX_PROJECT_ID`).
+    pub project: Option<String>,
+    /// For `{region}` and `{vertex_host}` in upstream URLs (else `$CLOUD_ML_REGION`).
+    pub region: Option<String>,
+}
+
+pub const DEFAULT_GOOGLE_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 /// How an upstream says a key went bad; decides which answers trigger refresh-and-replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,31 +269,40 @@ impl Config {
         }
     }
 
-    /// Fills in `{region}` in upstream URLs from the region of each route's credential
-    /// (`regions[i]` for credential `i`). A route whose region nobody set is disabled, with
-    /// the reason, rather than failing the whole start: other routes still work.
-    pub fn resolve_regions(&mut self, regions: &[Option<String>]) {
+    /// Fills in `{region}` and `{vertex_host}` in upstream URLs from the region of each
+    /// route's credential (`regions[i]` for credential `i`). A route whose region nobody set
+    /// is disabled, with the reason, rather than failing the whole start.
+    pub fn resolve_regions(&mut self, regions: Vec<Option<String>>) {
         for listener in &mut self.listeners {
             for route in &mut listener.routes {
                 let Some(template) = &route.region_template else {
                     continue;
                 };
-                let name = &self.credentials[route.credential].name;
+                let credential = &self.credentials[route.credential];
                 match regions.get(route.credential).cloned().flatten() {
-                    Some(region) => match validate::parse_upstream(
-                        &template.replace(validate::REGION_PLACEHOLDER, &region),
-                    ) {
-                        Ok(upstream) => route.upstream = upstream,
-                        Err((message, _)) => route.disabled = Some(message),
-                    },
+                    Some(region) => {
+                        let url = template
+                            .replace(validate::REGION_PLACEHOLDER, &region)
+                            .replace(validate::VERTEX_HOST_PLACEHOLDER, &vertex_host(&region));
+                        match validate::parse_upstream(&url) {
+                            Ok(upstream) => route.upstream = upstream,
+                            Err((message, _)) => route.disabled = Some(message),
+                        }
+                    }
                     None => {
+                        let name = &credential.name;
+                        let set = match credential.spec {
+                            CredentialSpec::Google(_) => "CLOUD_ML_REGION",
+                            _ => "AWS_REGION",
+                        };
                         route.disabled = Some(format!(
-                            "no AWS region is known for credential `{name}`; set AWS_REGION (or `region` in [credentials.{name}], or a region in the AWS profile) and restart credproxy"
-                        ))
+                            "no region is known for credential `{name}`; set {set} (or `region` in [credentials.{name}]) and restart credproxy"
+                        ));
                     }
                 }
             }
         }
+        self.regions = regions;
     }
 
     /// Every route with the listener that serves it, in listener order.

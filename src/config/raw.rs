@@ -4,6 +4,7 @@
 //! Nothing here is trusted yet; [`super::validate`] turns it into a [`super::Config`].
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -54,11 +55,16 @@ pub struct RawCredential {
     pub session_name: Option<Text>,
     pub service: Option<Text>,
     pub bearer_env: Option<Text>,
+    // kind = "google"
+    pub key_file: Option<Text>,
+    pub scopes: Option<Spanned<Vec<Text>>>,
+    pub quota_project: Option<Text>,
+    pub project: Option<Text>,
 }
 
 impl RawCredential {
-    /// Every key that is set, by name, except `kind`.
-    pub fn present(&self) -> Vec<(&'static str, &Text)> {
+    /// Every key that is set, by name and place, except `kind`.
+    pub fn present(&self) -> Vec<(&'static str, Range<usize>)> {
         [
             ("env", &self.env),
             ("file", &self.file),
@@ -75,9 +81,13 @@ impl RawCredential {
             ("session_name", &self.session_name),
             ("service", &self.service),
             ("bearer_env", &self.bearer_env),
+            ("key_file", &self.key_file),
+            ("quota_project", &self.quota_project),
+            ("project", &self.project),
         ]
         .into_iter()
-        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.span())))
+        .chain(self.scopes.as_ref().map(|s| ("scopes", s.span())))
         .collect()
     }
 }

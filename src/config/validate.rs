@@ -19,7 +19,7 @@ use crate::credentials::Secret;
 use crate::proxy::headers::is_never_forwarded;
 
 /// The kinds this build knows, for the "write one of" hint.
-const KNOWN_KINDS: &str = "\"api_key\", \"bedrock_api_key\" or \"aws\"";
+const KNOWN_KINDS: &str = "\"api_key\", \"bedrock_api_key\", \"aws\" or \"google\"";
 
 const KEY_FIELDS: &[&str] = &[
     "env",
@@ -31,6 +31,7 @@ const KEY_FIELDS: &[&str] = &[
     "helper_timeout",
     "apply",
 ];
+const GOOGLE_FIELDS: &[&str] = &["key_file", "scopes", "quota_project", "project", "region"];
 const AWS_FIELDS: &[&str] = &[
     "profile",
     "region",
@@ -96,6 +97,16 @@ fn hint_for_parse_error(message: &str) -> Option<String> {
 impl Validator<'_> {
     fn report(&mut self, at: &Text, message: impl Into<String>, hint: impl Into<Option<String>>) {
         let problem = self.text.problem(at.span(), message, hint.into());
+        self.problems.push(problem);
+    }
+
+    fn report_at(
+        &mut self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<Option<String>>,
+    ) {
+        let problem = self.text.problem(span, message, hint.into());
         self.problems.push(problem);
     }
 
@@ -174,6 +185,7 @@ impl Validator<'_> {
             shutdown_grace,
             guard,
             ca_file,
+            regions: Vec::new(),
         }
     }
 
@@ -282,14 +294,15 @@ impl Validator<'_> {
         let allowed = match kind_name {
             "api_key" | "bedrock_api_key" => KEY_FIELDS,
             "aws" => AWS_FIELDS,
+            "google" => GOOGLE_FIELDS,
             _ => &[],
         };
         let mut foreign = false;
-        for (key, text) in raw.present() {
+        for (key, span) in raw.present() {
             if !allowed.is_empty() && !allowed.contains(&key) {
                 let keys: Vec<_> = allowed.iter().map(|k| format!("`{k}`")).collect();
-                self.report(
-                    text,
+                self.report_at(
+                    span,
                     format!("`{key}` does not apply to kind `{kind_name}`"),
                     format!("remove it; kind `{kind_name}` takes {}", keys.join(", ")),
                 );
@@ -309,6 +322,9 @@ impl Validator<'_> {
             "aws" => self
                 .aws_credential(table.get_ref())
                 .map(CredentialSpec::Aws),
+            "google" => self
+                .google_credential(table.get_ref())
+                .map(CredentialSpec::Google),
             other => {
                 self.report(
                     kind,
@@ -318,6 +334,51 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    fn google_credential(&mut self, raw: &RawCredential) -> Option<GoogleSpec> {
+        let text = |t: &Option<Text>| t.as_ref().map(|t| t.get_ref().trim().to_string());
+        let mut ok = true;
+        let mut scopes = Vec::new();
+        if let Some(list) = &raw.scopes {
+            if list.get_ref().is_empty() {
+                self.report_span(
+                    list,
+                    "`scopes` is empty",
+                    format!("leave it out for [\"{DEFAULT_GOOGLE_SCOPE}\"]"),
+                );
+                ok = false;
+            }
+            for scope in list.get_ref() {
+                if scope.get_ref().trim().is_empty()
+                    || scope.get_ref().contains(char::is_whitespace)
+                {
+                    self.report(
+                        scope,
+                        format!("`{}` is not an OAuth scope", scope.get_ref()),
+                        format!("write a scope URL such as \"{DEFAULT_GOOGLE_SCOPE}\""),
+                    );
+                    ok = false;
+                }
+                scopes.push(scope.get_ref().trim().to_string());
+            }
+        }
+        if scopes.is_empty() {
+            scopes.push(DEFAULT_GOOGLE_SCOPE.to_string());
+        }
+        if let Some(region) = &raw.region
+            && !is_google_region(region.get_ref())
+        {
+            self.report(region, format!("`{}` is not a Google Cloud region", region.get_ref()), "write a region such as \"us-east5\", \"europe-west1\", \"global\", \"us\" or \"eu\"".to_string());
+            ok = false;
+        }
+        ok.then(|| GoogleSpec {
+            key_file: raw.key_file.as_ref().map(|p| self.path(p.get_ref())),
+            scopes,
+            quota_project: text(&raw.quota_project),
+            project: text(&raw.project),
+            region: text(&raw.region),
+        })
     }
 
     fn aws_credential(&mut self, raw: &RawCredential) -> Option<AwsSpec> {
@@ -576,10 +637,9 @@ impl Validator<'_> {
                 None => default_listen,
             };
             let prefix = self.prefix(&r.prefix);
-            let region_template = r
-                .upstream
-                .get_ref()
-                .contains(REGION_PLACEHOLDER)
+            let region_template = [REGION_PLACEHOLDER, VERTEX_HOST_PLACEHOLDER]
+                .iter()
+                .any(|p| r.upstream.get_ref().contains(p))
                 .then(|| r.upstream.get_ref().clone());
             let upstream = self.upstream(&r.upstream);
             let credential = match index.get(r.credential.get_ref()) {
@@ -617,10 +677,17 @@ impl Validator<'_> {
             if credential == usize::MAX {
                 continue; // the credential itself was reported
             }
-            if region_template.is_some()
-                && !matches!(credentials[credential].spec, CredentialSpec::Aws(_))
-            {
-                self.report(&r.upstream, "`{region}` can be filled in only from an `aws` credential", format!("write the region into the URL, or use a credential of kind \"aws\" (this route uses `{}`)", r.credential.get_ref()));
+            let regional = matches!(
+                credentials[credential].spec,
+                CredentialSpec::Aws(_) | CredentialSpec::Google(_)
+            );
+            let vertex = matches!(credentials[credential].spec, CredentialSpec::Google(_));
+            if r.upstream.get_ref().contains(VERTEX_HOST_PLACEHOLDER) && !vertex {
+                self.report(&r.upstream, "`{vertex_host}` can be filled in only from a `google` credential", format!("write the host into the URL, or use a credential of kind \"google\" (this route uses `{}`)", r.credential.get_ref()));
+                continue;
+            }
+            if region_template.is_some() && !regional {
+                self.report(&r.upstream, "`{region}` can be filled in only from an `aws` or `google` credential", format!("write the region into the URL, or use a credential of kind \"aws\" or \"google\" (this route uses `{}`)", r.credential.get_ref()));
                 continue;
             }
             if seen.insert((addr, prefix.clone()), ()).is_some() {
@@ -677,7 +744,10 @@ impl Validator<'_> {
 
     fn upstream(&mut self, text: &Text) -> Option<Upstream> {
         // `{region}` is checked with a stand-in here and filled in for real at start.
-        let value = text.get_ref().replace(REGION_PLACEHOLDER, "us-east-1");
+        let value = text
+            .get_ref()
+            .replace(REGION_PLACEHOLDER, "us-east-1")
+            .replace(VERTEX_HOST_PLACEHOLDER, "aiplatform.googleapis.com");
         match parse_upstream(&value) {
             Ok(upstream) => Some(upstream),
             Err((message, hint)) => {
@@ -735,6 +805,20 @@ pub fn parse_upstream(value: &str) -> Result<Upstream, (String, String)> {
 
 /// In an upstream URL: replaced at start by the region of the route's `aws` credential.
 pub const REGION_PLACEHOLDER: &str = "{region}";
+
+/// In an upstream URL: the Vertex AI host for the region of the route's `google` credential.
+pub const VERTEX_HOST_PLACEHOLDER: &str = "{vertex_host}";
+
+/// `us-east5`, `europe-west1`, and Vertex's `global`, `us`, `eu`.
+fn is_google_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+}
 
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
 pub fn is_region(region: &str) -> bool {

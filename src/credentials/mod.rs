@@ -6,6 +6,7 @@
 
 mod aws;
 pub mod cache;
+mod google;
 mod helper;
 mod secret;
 mod static_key;
@@ -19,6 +20,7 @@ use crate::config::{Apply, CredentialConfig, CredentialSpec, KeyFrom, KeySpec, R
 use crate::schemes::{HeaderScheme, Scheme, SigV4Scheme};
 pub use aws::{AwsChain, AwsMaterial, configured_region};
 pub use cache::CredentialCache;
+pub use google::GoogleChain;
 pub use helper::Helper;
 pub use secret::Secret;
 pub use static_key::StaticKey;
@@ -153,6 +155,7 @@ pub enum Source {
     Helper(Helper),
     /// Boxed: the loaded chain is large and there is one per credential, not per request.
     Aws(Box<AwsChain>),
+    Google(GoogleChain),
     /// Configured, but what it needs is not set; answers with what to set.
     Unavailable(String),
 }
@@ -197,6 +200,7 @@ impl Source {
             Source::Static(source) => source.fetch().await,
             Source::Helper(source) => source.fetch().await,
             Source::Aws(source) => source.fetch().await,
+            Source::Google(source) => source.fetch().await,
             Source::Unavailable(why) => Err(SourceError::not_configured(why.clone())),
         }
     }
@@ -207,6 +211,7 @@ impl Source {
             Source::Static(source) => source.describe(),
             Source::Helper(source) => source.describe(),
             Source::Aws(source) => source.describe(),
+            Source::Google(source) => source.describe(),
             Source::Unavailable(_) => "not configured".to_string(),
         }
     }
@@ -260,6 +265,17 @@ impl Slot {
                     Source::Aws(Box::new(AwsChain::new(aws.clone()))),
                     Scheme::SigV4(SigV4Scheme::new(aws.service.clone(), aws.region.clone())),
                 )
+            }
+            CredentialSpec::Google(google) => {
+                let chain = GoogleChain::new(google.clone());
+                let mut scheme = HeaderScheme::new(Apply::Bearer, Rejection::Unauthorized);
+                if let Some(project) = chain.quota_project()
+                    && let Ok(value) = http::HeaderValue::from_str(&project)
+                {
+                    scheme = scheme
+                        .with_header(http::HeaderName::from_static("x-goog-user-project"), value);
+                }
+                (Source::Google(chain), Scheme::Header(scheme))
             }
         }
     }

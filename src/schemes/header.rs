@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 
 use super::{ApplyError, Verdict};
@@ -14,6 +14,8 @@ use crate::credentials::{Credential, Material};
 pub struct HeaderScheme {
     apply: Apply,
     rejection: Rejection,
+    /// A fixed header sent beside the credential (Google's `x-goog-user-project`).
+    extra: Option<(HeaderName, HeaderValue)>,
 }
 
 /// Bedrock's answer to a bad API key starts with this (a 403, not a 401).
@@ -21,7 +23,16 @@ const BEDROCK_KEY_REJECTED: &[u8] = br#"{"Message":"Authentication failed"#;
 
 impl HeaderScheme {
     pub fn new(apply: Apply, rejection: Rejection) -> Self {
-        HeaderScheme { apply, rejection }
+        HeaderScheme {
+            apply,
+            rejection,
+            extra: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.extra = Some((name, value));
+        self
     }
 
     pub fn is_bedrock(&self) -> bool {
@@ -42,6 +53,9 @@ impl HeaderScheme {
             Apply::Header(name) => headers.insert(name.clone(), token.bare_header().clone()),
             Apply::Bearer => headers.insert(AUTHORIZATION, token.bearer_header().clone()),
         };
+        if let Some((name, value)) = &self.extra {
+            headers.insert(name.clone(), value.clone());
+        }
         Ok(())
     }
 

@@ -258,6 +258,21 @@ impl Scratch {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("home")).unwrap();
+        // A PATH with the few tools helper scripts use and no cloud CLI (this machine may
+        // have gcloud, az or aws installed; no test may run them).
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        for tool in [
+            "sh", "cat", "sleep", "echo", "printf", "head", "tr", "dirname", "kill",
+        ] {
+            let found = ["/usr/bin", "/bin"]
+                .iter()
+                .map(|d| PathBuf::from(d).join(tool))
+                .find(|p| p.exists());
+            if let Some(target) = found {
+                std::os::unix::fs::symlink(target, bin.join(tool)).unwrap();
+            }
+        }
         Scratch { dir }
     }
 
@@ -341,7 +356,7 @@ impl Spawn<'_> {
         }
         command
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
+            .env("PATH", self.scratch.path("bin"))
             .env("HOME", self.scratch.path("home"))
             // Nothing may probe the real instance metadata address from a test.
             .env("AWS_EC2_METADATA_DISABLED", "true")

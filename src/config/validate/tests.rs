@@ -309,7 +309,7 @@ fn aws_credentials_take_their_own_keys_only() {
 fn region_placeholders_are_filled_in_or_the_route_is_disabled() {
     let mut config = parse(AWS).unwrap();
     assert!(config.listeners[0].routes[0].region_template.is_some());
-    config.resolve_regions(&[Some("ap-south-1".into())]);
+    config.resolve_regions(vec![Some("ap-south-1".into())]);
     let route = &config.listeners[0].routes[0];
     assert_eq!(
         route.upstream.to_string(),
@@ -318,13 +318,14 @@ fn region_placeholders_are_filled_in_or_the_route_is_disabled() {
     assert!(route.disabled.is_none());
 
     let mut config = parse(AWS).unwrap();
-    config.resolve_regions(&[None]);
+    config.resolve_regions(vec![None]);
     let reason = config.listeners[0].routes[0].disabled.clone().unwrap();
     assert!(reason.contains("set AWS_REGION"), "{reason}");
 
     let p = problems(&MINIMAL.replace("https://api.anthropic.com", "https://{region}.example.com"));
     assert!(
-        p[0].message.contains("only from an `aws` credential"),
+        p[0].message
+            .contains("only from an `aws` or `google` credential"),
         "{p:#?}"
     );
 }
