@@ -256,7 +256,7 @@ async fn credentials_come_from_a_profile_and_from_credential_process() {
         let seen = upstream.requests().pop().unwrap();
         assert_eq!(verified(&seen, &secrets).unwrap().access_key, key);
 
-        let (status, stdout, stderr) = credproxy(&scratch, &config).run("check");
+        let (status, stdout, stderr) = credproxy(&scratch, &config).run_async("check").await;
         assert!(status.success(), "{stdout}{stderr}");
         assert!(
             stdout.contains(&format!("aws chain (profile {profile})")),
@@ -270,7 +270,8 @@ async fn credentials_come_from_a_profile_and_from_credential_process() {
         &scratch,
         &aws_config(&upstream.url(), "profile = \"tools\""),
     )
-    .run("check");
+    .run_async("check")
+    .await;
     assert!(stdout.contains("years"), "shows the time left: {stdout}");
 }
 
@@ -638,7 +639,8 @@ async fn the_embedded_default_serves_bedrock_only_when_a_region_is_known() {
 
     let (status, stdout, _) = credproxy_default(&scratch)
         .env("AWS_REGION", "eu-west-3")
-        .run("env");
+        .run_async("env")
+        .await;
     assert!(status.success());
     for line in [
         "export CLAUDE_CODE_USE_BEDROCK=1",
@@ -657,7 +659,8 @@ async fn the_embedded_default_serves_bedrock_only_when_a_region_is_known() {
     );
     let (_, stdout, _) = credproxy_default(&scratch)
         .env("AWS_PROFILE", "work")
-        .run("env");
+        .run_async("env")
+        .await;
     assert!(
         stdout.contains("https://bedrock-runtime.ap-southeast-2.amazonaws.com"),
         "{stdout}"

@@ -196,12 +196,26 @@ async fn no_secret_reaches_the_output_at_trace_level() {
     const CLIENT_SECRET: &str = "sk-ant-client-SECRET-4444";
     const AWS_SECRET: &str = "aws-secret-SECRET-5555-wJalrXUtnFEMI";
     const AWS_TOKEN: &str = "aws-session-SECRET-6666-FwoGZXIvYXdzEJr";
+    const GOOGLE_TOKEN: &str = "ya29.google-SECRET-7777";
+    let metadata = FakeUpstream::start(|_| {
+        Reply::status(
+            200,
+            format!(
+                r#"{{"access_token":"{GOOGLE_TOKEN}","expires_in":3599,"token_type":"Bearer"}}"#
+            ),
+        )
+    })
+    .await;
     let upstream = FakeUpstream::start(|req| {
         let key = req
             .header("x-api-key")
             .or(req.header("authorization"))
             .unwrap_or("");
-        if key.ends_with("1111") || key.ends_with("3333") || key.starts_with("AWS4-HMAC-SHA256") {
+        if key.ends_with("1111")
+            || key.ends_with("3333")
+            || key.ends_with("7777")
+            || key.starts_with("AWS4-HMAC-SHA256")
+        {
             Reply::status(200, "{}")
         } else {
             Reply::anthropic_error(401, "authentication_error", "invalid x-api-key")
@@ -230,10 +244,16 @@ region = "us-east-1"
 prefix = "/h"
 upstream = "{1}"
 credential = "helper"
+[credentials.google]
+kind = "google"
 [[routes]]
 prefix = "/aws"
 upstream = "{1}"
 credential = "aws"
+[[routes]]
+prefix = "/google"
+upstream = "{1}"
+credential = "google"
 "#,
         scratch.counting_helper("0"),
         upstream.url()
@@ -246,6 +266,7 @@ credential = "aws"
             .env("AWS_ACCESS_KEY_ID", "AKIATRACETEST")
             .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
             .env("AWS_SESSION_TOKEN", AWS_TOKEN)
+            .env("GCE_METADATA_HOST", &metadata.addr.to_string())
             .arg("--log-level")
             .arg("trace")
             .arg("--log-format")
@@ -267,6 +288,14 @@ credential = "aws"
             "refreshed after a 401"
         );
         assert_eq!(send(dummy("/aws/model/m/invoke")).await.status, 200);
+        assert_eq!(
+            send(dummy(
+                "/google/v1/projects/p/locations/l/publishers/anthropic/models/m:rawPredict"
+            ))
+            .await
+            .status,
+            200
+        );
         let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(true)
@@ -303,6 +332,7 @@ credential = "aws"
             CLIENT_SECRET,
             AWS_SECRET,
             AWS_TOKEN,
+            GOOGLE_TOKEN,
         ] {
             assert!(
                 !output.contains(secret),

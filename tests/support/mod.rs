@@ -2,6 +2,7 @@
 //! with a clean environment, and small HTTP clients.
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
+pub mod google;
 pub mod sigv4;
 
 use std::convert::Infallible;
@@ -374,6 +375,19 @@ impl Spawn<'_> {
     /// Runs a one-shot subcommand (`check`, `env`) to completion.
     pub fn run(self, subcommand: &str) -> (ExitStatus, String, String) {
         let output = self.command(Some(subcommand)).output().unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// [`run`](Self::run) from async code, without blocking the runtime the fakes run on.
+    pub async fn run_async(self, subcommand: &str) -> (ExitStatus, String, String) {
+        let mut command = self.command(Some(subcommand));
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
         (
             output.status,
             String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -340,3 +340,78 @@ fn bedrock_api_keys_default_to_bearer() {
         (Apply::Bearer, Rejection::BedrockApiKey)
     );
 }
+
+#[test]
+fn google_credentials_and_vertex_hosts() {
+    let text = r#"
+[credentials.google]
+kind = "google"
+key_file = "sa.json"
+scopes = ["https://www.googleapis.com/auth/cloud-platform", "openid"]
+quota_project = "billing"
+project = "my-project"
+
+[[routes]]
+prefix = "/vertex"
+upstream = "https://{vertex_host}"
+credential = "google"
+"#;
+    let mut config = parse(text).unwrap();
+    let CredentialSpec::Google(google) = &config.credentials[0].spec else {
+        panic!("not google")
+    };
+    assert_eq!(
+        google.key_file.as_deref(),
+        Some(Path::new("/etc/credproxy/sa.json"))
+    );
+    assert_eq!(google.scopes.len(), 2);
+    assert_eq!(google.quota_project.as_deref(), Some("billing"));
+    config.resolve_regions(vec![Some("europe-west1".into())]);
+    assert_eq!(
+        config.listeners[0].routes[0].upstream.to_string(),
+        "https://europe-west1-aiplatform.googleapis.com"
+    );
+
+    let default_scope = parse(&text.replace(
+        "scopes = [\"https://www.googleapis.com/auth/cloud-platform\", \"openid\"]\n",
+        "",
+    ))
+    .unwrap();
+    let CredentialSpec::Google(google) = &default_scope.credentials[0].spec else {
+        panic!("not google")
+    };
+    assert_eq!(google.scopes, [DEFAULT_GOOGLE_SCOPE]);
+
+    let p = problems(&text.replace("\"openid\"", "\"two words\"").replace(
+        "project = \"my-project\"",
+        "project = \"my-project\"\nregion = \"Europe West\"",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("`two words` is not an OAuth scope")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("not a Google Cloud region")),
+        "{p:#?}"
+    );
+
+    let p = problems(&AWS.replace("bedrock-runtime.{region}.amazonaws.com", "{vertex_host}"));
+    assert!(
+        p[0].message
+            .contains("`{vertex_host}` can be filled in only from a `google` credential"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn vertex_hosts_follow_google_naming() {
+    assert_eq!(
+        vertex_host("us-east5"),
+        "us-east5-aiplatform.googleapis.com"
+    );
+    assert_eq!(vertex_host("global"), "aiplatform.googleapis.com");
+    assert_eq!(vertex_host("us"), "aiplatform.us.rep.googleapis.com");
+    assert_eq!(vertex_host("eu"), "aiplatform.eu.rep.googleapis.com");
+}
