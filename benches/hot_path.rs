@@ -24,7 +24,7 @@ fn route(prefix: &str, host: &str) -> Route {
             authority: Authority::from_str(host).unwrap(),
             base_path: String::new(),
         },
-        region_template: None,
+        template: None,
         disabled: None,
         credential: 0,
     }

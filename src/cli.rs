@@ -165,7 +165,7 @@ pub fn env_report(config: &Config) -> String {
             "# route {} -> {} (credential `{}`)",
             route.prefix,
             route
-                .region_template
+                .template
                 .as_deref()
                 .filter(|_| route.disabled.is_some())
                 .map_or_else(|| route.upstream.to_string(), str::to_string),
@@ -210,6 +210,28 @@ pub fn env_report(config: &Config) -> String {
                     "# a Google bearer token is applied; clients send unauthenticated requests to {url}"
                 );
             }
+            CredentialSpec::Azure(_)
+                if route.template.as_deref() == Some("{foundry_base}")
+                    || route
+                        .upstream
+                        .authority
+                        .host()
+                        .ends_with(".services.ai.azure.com") =>
+            {
+                foundry_env(&mut out, &url)
+            }
+            CredentialSpec::Azure(_) => {
+                let _ = writeln!(
+                    out,
+                    "# an Entra ID token (or key) is applied; clients send unauthenticated requests to {url}"
+                );
+            }
+            CredentialSpec::Acs(_) => {
+                let _ = writeln!(
+                    out,
+                    "# requests are signed with the ACS access key (HMAC-SHA256); clients send unsigned requests to {url}"
+                );
+            }
             CredentialSpec::Aws(aws) => {
                 let _ = writeln!(
                     out,
@@ -249,6 +271,13 @@ fn vertex_env(out: &mut String, url: &str, region: Option<&str>, project: Option
             );
         }
     }
+}
+
+/// Claude Code's Foundry mode through credproxy: it skips its own Azure auth.
+fn foundry_env(out: &mut String, url: &str) {
+    let _ = writeln!(out, "export CLAUDE_CODE_USE_FOUNDRY=1");
+    let _ = writeln!(out, "export ANTHROPIC_FOUNDRY_BASE_URL={url}");
+    let _ = writeln!(out, "export CLAUDE_CODE_SKIP_FOUNDRY_AUTH=1");
 }
 
 /// Claude Code's Bedrock mode through credproxy: it skips its own AWS auth.

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         }
     };
     let regions = runtime.block_on(credential_regions(&config));
-    config.resolve_regions(regions);
+    config.resolve_templates(regions, credproxy::config::foundry_base_from_env());
     match args.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(config)),
         Command::Check => runtime.block_on(check(config)),
@@ -96,7 +96,7 @@ async fn credential_regions(config: &Config) -> Vec<Option<String>> {
                     .map(|r| r.trim().to_string())
                     .filter(|r| !r.is_empty())
             }),
-            CredentialSpec::Key(_) => None,
+            CredentialSpec::Key(_) | CredentialSpec::Azure(_) | CredentialSpec::Acs(_) => None,
         });
     }
     regions

@@ -11,6 +11,22 @@ mod validate;
 
 pub use validate::is_region;
 
+/// The Foundry endpoint from the variables Claude Code uses for it.
+pub fn foundry_base_from_env() -> Option<String> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    var("ANTHROPIC_FOUNDRY_BASE_URL")
+        .map(|url| url.trim_end_matches('/').to_string())
+        .or_else(|| {
+            var("ANTHROPIC_FOUNDRY_RESOURCE")
+                .map(|r| format!("https://{r}.services.ai.azure.com/anthropic"))
+        })
+}
+
 /// The Vertex AI host for a region: `global` and the `us`/`eu` multi-regions have their own.
 pub fn vertex_host(region: &str) -> String {
     match region {
@@ -68,7 +84,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub guard: GuardConfig,
     pub ca_file: Option<PathBuf>,
-    /// Each credential's region (same index), once [`Config::resolve_regions`] ran.
+    /// Each credential's region (same index), once [`Config::resolve_templates`] ran.
     pub regions: Vec<Option<String>>,
 }
 
@@ -84,11 +100,12 @@ pub struct Listener {
 pub struct Route {
     /// Starts with `/`, never ends with `/` unless it is exactly `/`.
     pub prefix: String,
-    /// Final once [`Config::resolve_regions`] ran for a route written with `{region}`.
+    /// Final once [`Config::resolve_templates`] ran for a route written with placeholders.
     pub upstream: Upstream,
-    /// The upstream as written, when it contains `{region}` (filled in at start).
-    pub region_template: Option<String>,
-    /// Why the route cannot serve (a region nobody set); requests get this as a 502.
+    /// The upstream as written, when it has placeholders (`{region}`, `{vertex_host}`,
+    /// `{foundry_base}`) filled in at start.
+    pub template: Option<String>,
+    /// Why the route cannot serve (a placeholder nobody set); requests get this as a 502.
     pub disabled: Option<String>,
     /// Index into [`Config::credentials`].
     pub credential: usize,
@@ -133,6 +150,10 @@ pub enum CredentialSpec {
     Aws(AwsSpec),
     /// A Google OAuth access token from Google's credential chain (`kind = "google"`).
     Google(GoogleSpec),
+    /// A Microsoft Entra ID token from the Azure chain (`kind = "azure"`).
+    Azure(AzureSpec),
+    /// An Azure Communication Services access key, applied with HMAC-SHA256 (`kind = "acs"`).
+    Acs(KeySpec),
 }
 
 impl CredentialSpec {
@@ -144,6 +165,8 @@ impl CredentialSpec {
             },
             CredentialSpec::Aws(_) => "aws",
             CredentialSpec::Google(_) => "google",
+            CredentialSpec::Azure(_) => "azure",
+            CredentialSpec::Acs(_) => "acs",
         }
     }
 }
@@ -162,6 +185,48 @@ pub struct GoogleSpec {
     /// For `{region}` and `{vertex_host}` in upstream URLs (else `$CLOUD_ML_REGION`).
     pub region: Option<String>,
 }
+
+/// `kind = "azure"`: a Microsoft Entra ID token from azure_identity, by the chain below or
+/// one method named in config; or, when `key_env` names a set variable, that key.
+#[derive(Debug, Clone)]
+pub struct AzureSpec {
+    pub method: AzureMethod,
+    pub scope: String,
+    /// `https://login.microsoftonline.us` and the like; else `$AZURE_AUTHORITY_HOST`, else public.
+    pub authority_host: Option<String>,
+    /// Override `$AZURE_TENANT_ID` / `$AZURE_CLIENT_ID` (the client id also picks a
+    /// user-assigned managed identity).
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    /// A variable that, when set, holds an API key used instead of Entra (Foundry keys).
+    pub key_env: Option<String>,
+    /// How that key is applied (`api-key` unless configured).
+    pub key_apply: Apply,
+}
+
+/// Which Entra credential to use; `Auto` tries them in the usual order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureMethod {
+    Auto,
+    ClientSecret,
+    WorkloadIdentity,
+    ManagedIdentity,
+    AzureCli,
+    AzureDeveloperCli,
+}
+
+impl AzureMethod {
+    pub const NAMES: &[(&str, AzureMethod)] = &[
+        ("auto", AzureMethod::Auto),
+        ("client_secret", AzureMethod::ClientSecret),
+        ("workload_identity", AzureMethod::WorkloadIdentity),
+        ("managed_identity", AzureMethod::ManagedIdentity),
+        ("azure_cli", AzureMethod::AzureCli),
+        ("azure_developer_cli", AzureMethod::AzureDeveloperCli),
+    ];
+}
+
+pub const DEFAULT_AZURE_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
 pub const DEFAULT_GOOGLE_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
@@ -269,36 +334,59 @@ impl Config {
         }
     }
 
-    /// Fills in `{region}` and `{vertex_host}` in upstream URLs from the region of each
-    /// route's credential (`regions[i]` for credential `i`). A route whose region nobody set
-    /// is disabled, with the reason, rather than failing the whole start.
-    pub fn resolve_regions(&mut self, regions: Vec<Option<String>>) {
+    /// Fills in the placeholders of upstream URLs: `{region}` and `{vertex_host}` from the
+    /// region of each route's credential (`regions[i]` for credential `i`), `{foundry_base}`
+    /// from `foundry_base`. A route whose value nobody set is disabled, with the reason,
+    /// rather than failing the whole start: the other routes still work.
+    pub fn resolve_templates(
+        &mut self,
+        regions: Vec<Option<String>>,
+        foundry_base: Option<String>,
+    ) {
         for listener in &mut self.listeners {
             for route in &mut listener.routes {
-                let Some(template) = &route.region_template else {
+                let Some(template) = &route.template else {
                     continue;
                 };
                 let credential = &self.credentials[route.credential];
-                match regions.get(route.credential).cloned().flatten() {
-                    Some(region) => {
-                        let url = template
-                            .replace(validate::REGION_PLACEHOLDER, &region)
-                            .replace(validate::VERTEX_HOST_PLACEHOLDER, &vertex_host(&region));
-                        match validate::parse_upstream(&url) {
-                            Ok(upstream) => route.upstream = upstream,
-                            Err((message, _)) => route.disabled = Some(message),
-                        }
-                    }
-                    None => {
-                        let name = &credential.name;
-                        let set = match credential.spec {
-                            CredentialSpec::Google(_) => "CLOUD_ML_REGION",
-                            _ => "AWS_REGION",
-                        };
-                        route.disabled = Some(format!(
-                            "no region is known for credential `{name}`; set {set} (or `region` in [credentials.{name}]) and restart credproxy"
-                        ));
-                    }
+                let name = &credential.name;
+                let region = regions.get(route.credential).cloned().flatten();
+                let needs_region = [
+                    validate::REGION_PLACEHOLDER,
+                    validate::VERTEX_HOST_PLACEHOLDER,
+                ]
+                .iter()
+                .any(|p| template.contains(p));
+                let missing = if needs_region && region.is_none() {
+                    let set = match credential.spec {
+                        CredentialSpec::Google(_) => "CLOUD_ML_REGION",
+                        _ => "AWS_REGION",
+                    };
+                    Some(format!(
+                        "no region is known for credential `{name}`; set {set} (or `region` in [credentials.{name}]) and restart credproxy"
+                    ))
+                } else if template.contains(validate::FOUNDRY_BASE_PLACEHOLDER)
+                    && foundry_base.is_none()
+                {
+                    Some("no Foundry resource is known; set ANTHROPIC_FOUNDRY_RESOURCE (or ANTHROPIC_FOUNDRY_BASE_URL) and restart credproxy".to_string())
+                } else {
+                    None
+                };
+                if let Some(reason) = missing {
+                    route.disabled = Some(reason);
+                    continue;
+                }
+                let region = region.unwrap_or_default();
+                let url = template
+                    .replace(validate::REGION_PLACEHOLDER, &region)
+                    .replace(validate::VERTEX_HOST_PLACEHOLDER, &vertex_host(&region))
+                    .replace(
+                        validate::FOUNDRY_BASE_PLACEHOLDER,
+                        foundry_base.as_deref().unwrap_or_default(),
+                    );
+                match validate::parse_upstream(&url) {
+                    Ok(upstream) => route.upstream = upstream,
+                    Err((message, _)) => route.disabled = Some(message),
                 }
             }
         }

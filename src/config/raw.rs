@@ -60,6 +60,13 @@ pub struct RawCredential {
     pub scopes: Option<Spanned<Vec<Text>>>,
     pub quota_project: Option<Text>,
     pub project: Option<Text>,
+    // kind = "azure"
+    pub method: Option<Text>,
+    pub scope: Option<Text>,
+    pub authority_host: Option<Text>,
+    pub tenant_id: Option<Text>,
+    pub client_id: Option<Text>,
+    pub key_env: Option<Text>,
 }
 
 impl RawCredential {
@@ -84,6 +91,12 @@ impl RawCredential {
             ("key_file", &self.key_file),
             ("quota_project", &self.quota_project),
             ("project", &self.project),
+            ("method", &self.method),
+            ("scope", &self.scope),
+            ("authority_host", &self.authority_host),
+            ("tenant_id", &self.tenant_id),
+            ("client_id", &self.client_id),
+            ("key_env", &self.key_env),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.as_ref().map(|v| (name, v.span())))

@@ -19,7 +19,8 @@ use crate::credentials::Secret;
 use crate::proxy::headers::is_never_forwarded;
 
 /// The kinds this build knows, for the "write one of" hint.
-const KNOWN_KINDS: &str = "\"api_key\", \"bedrock_api_key\", \"aws\" or \"google\"";
+const KNOWN_KINDS: &str =
+    "\"api_key\", \"bedrock_api_key\", \"aws\", \"google\", \"azure\" or \"acs\"";
 
 const KEY_FIELDS: &[&str] = &[
     "env",
@@ -30,6 +31,24 @@ const KEY_FIELDS: &[&str] = &[
     "ttl",
     "helper_timeout",
     "apply",
+];
+const AZURE_FIELDS: &[&str] = &[
+    "method",
+    "scope",
+    "authority_host",
+    "tenant_id",
+    "client_id",
+    "key_env",
+    "apply",
+];
+const ACS_FIELDS: &[&str] = &[
+    "env",
+    "file",
+    "value",
+    "helper",
+    "helper_env",
+    "ttl",
+    "helper_timeout",
 ];
 const GOOGLE_FIELDS: &[&str] = &["key_file", "scopes", "quota_project", "project", "region"];
 const AWS_FIELDS: &[&str] = &[
@@ -295,6 +314,8 @@ impl Validator<'_> {
             "api_key" | "bedrock_api_key" => KEY_FIELDS,
             "aws" => AWS_FIELDS,
             "google" => GOOGLE_FIELDS,
+            "azure" => AZURE_FIELDS,
+            "acs" => ACS_FIELDS,
             _ => &[],
         };
         let mut foreign = false;
@@ -325,6 +346,12 @@ impl Validator<'_> {
             "google" => self
                 .google_credential(table.get_ref())
                 .map(CredentialSpec::Google),
+            "azure" => self
+                .azure_credential(table.get_ref())
+                .map(CredentialSpec::Azure),
+            "acs" => self
+                .key_credential(name, table, Rejection::Unauthorized)
+                .map(CredentialSpec::Acs),
             other => {
                 self.report(
                     kind,
@@ -334,6 +361,80 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    fn azure_credential(&mut self, raw: &RawCredential) -> Option<AzureSpec> {
+        let text = |t: &Option<Text>| t.as_ref().map(|t| t.get_ref().trim().to_string());
+        let mut ok = true;
+        let method = match &raw.method {
+            None => AzureMethod::Auto,
+            Some(m) => match AzureMethod::NAMES
+                .iter()
+                .find(|(n, _)| *n == m.get_ref().trim())
+            {
+                Some((_, method)) => *method,
+                None => {
+                    let names: Vec<_> = AzureMethod::NAMES
+                        .iter()
+                        .map(|(n, _)| format!("\"{n}\""))
+                        .collect();
+                    self.report(
+                        m,
+                        format!("`{}` is not an Azure credential method", m.get_ref()),
+                        format!("write one of {}", names.join(", ")),
+                    );
+                    ok = false;
+                    AzureMethod::Auto
+                }
+            },
+        };
+        let scope = text(&raw.scope).unwrap_or_else(|| DEFAULT_AZURE_SCOPE.to_string());
+        if let Some(s) = &raw.scope
+            && (scope.is_empty() || scope.contains(char::is_whitespace))
+        {
+            self.report(
+                s,
+                format!("`{}` is not an Entra scope", s.get_ref()),
+                format!("write a scope such as \"{DEFAULT_AZURE_SCOPE}\""),
+            );
+            ok = false;
+        }
+        if let Some(host) = &raw.authority_host
+            && !host.get_ref().starts_with("https://")
+        {
+            self.report(host, format!("`{}` is not an https URL", host.get_ref()), "write the authority host as https://..., such as \"https://login.microsoftonline.us\"".to_string());
+            ok = false;
+        }
+        if let Some(var) = &raw.key_env
+            && !is_env_name(var.get_ref())
+        {
+            self.report(
+                var,
+                format!("`{}` is not an environment variable name", var.get_ref()),
+                "write a variable name such as \"ANTHROPIC_FOUNDRY_API_KEY\"".to_string(),
+            );
+            ok = false;
+        }
+        let key_apply = self.apply(
+            raw.apply.as_ref(),
+            Apply::Header(HeaderName::from_static("api-key")),
+        );
+        if let Some(apply) = &raw.apply
+            && raw.key_env.is_none()
+        {
+            self.report(apply, "`apply` applies to the key of `key_env`", "add `key_env`, or remove `apply` (Entra tokens always go in Authorization: Bearer)".to_string());
+            ok = false;
+        }
+        let key_apply = key_apply?;
+        ok.then(|| AzureSpec {
+            method,
+            scope,
+            authority_host: text(&raw.authority_host).map(|h| h.trim_end_matches('/').to_string()),
+            tenant_id: text(&raw.tenant_id),
+            client_id: text(&raw.client_id),
+            key_env: text(&raw.key_env),
+            key_apply,
+        })
     }
 
     fn google_credential(&mut self, raw: &RawCredential) -> Option<GoogleSpec> {
@@ -637,10 +738,14 @@ impl Validator<'_> {
                 None => default_listen,
             };
             let prefix = self.prefix(&r.prefix);
-            let region_template = [REGION_PLACEHOLDER, VERTEX_HOST_PLACEHOLDER]
-                .iter()
-                .any(|p| r.upstream.get_ref().contains(p))
-                .then(|| r.upstream.get_ref().clone());
+            let template = [
+                REGION_PLACEHOLDER,
+                VERTEX_HOST_PLACEHOLDER,
+                FOUNDRY_BASE_PLACEHOLDER,
+            ]
+            .iter()
+            .any(|p| r.upstream.get_ref().contains(p))
+            .then(|| r.upstream.get_ref().clone());
             let upstream = self.upstream(&r.upstream);
             let credential = match index.get(r.credential.get_ref()) {
                 Some(&i) => Some(i),
@@ -686,7 +791,17 @@ impl Validator<'_> {
                 self.report(&r.upstream, "`{vertex_host}` can be filled in only from a `google` credential", format!("write the host into the URL, or use a credential of kind \"google\" (this route uses `{}`)", r.credential.get_ref()));
                 continue;
             }
-            if region_template.is_some() && !regional {
+            if r.upstream.get_ref().contains(FOUNDRY_BASE_PLACEHOLDER)
+                && r.upstream.get_ref().trim() != FOUNDRY_BASE_PLACEHOLDER
+            {
+                self.report(
+                    &r.upstream,
+                    "`{foundry_base}` stands for a whole URL",
+                    "write `upstream = \"{foundry_base}\"` alone".to_string(),
+                );
+                continue;
+            }
+            if r.upstream.get_ref().contains(REGION_PLACEHOLDER) && !regional {
                 self.report(&r.upstream, "`{region}` can be filled in only from an `aws` or `google` credential", format!("write the region into the URL, or use a credential of kind \"aws\" or \"google\" (this route uses `{}`)", r.credential.get_ref()));
                 continue;
             }
@@ -711,7 +826,7 @@ impl Validator<'_> {
             listener.routes.push(Route {
                 prefix,
                 upstream,
-                region_template,
+                template,
                 disabled: None,
                 credential,
             });
@@ -747,7 +862,11 @@ impl Validator<'_> {
         let value = text
             .get_ref()
             .replace(REGION_PLACEHOLDER, "us-east-1")
-            .replace(VERTEX_HOST_PLACEHOLDER, "aiplatform.googleapis.com");
+            .replace(VERTEX_HOST_PLACEHOLDER, "aiplatform.googleapis.com")
+            .replace(
+                FOUNDRY_BASE_PLACEHOLDER,
+                "https://resource.services.ai.azure.com/anthropic",
+            );
         match parse_upstream(&value) {
             Ok(upstream) => Some(upstream),
             Err((message, hint)) => {
@@ -808,6 +927,10 @@ pub const REGION_PLACEHOLDER: &str = "{region}";
 
 /// In an upstream URL: the Vertex AI host for the region of the route's `google` credential.
 pub const VERTEX_HOST_PLACEHOLDER: &str = "{vertex_host}";
+
+/// An upstream URL that is exactly this: `$ANTHROPIC_FOUNDRY_BASE_URL`, else
+/// `https://$ANTHROPIC_FOUNDRY_RESOURCE.services.ai.azure.com/anthropic`.
+pub const FOUNDRY_BASE_PLACEHOLDER: &str = "{foundry_base}";
 
 /// `us-east5`, `europe-west1`, and Vertex's `global`, `us`, `eu`.
 fn is_google_region(region: &str) -> bool {

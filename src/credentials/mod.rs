@@ -4,7 +4,9 @@
 //! A source is asked for a value only by the cache: on first use, shortly before expiry
 //! (in the background), and after an upstream said the value went bad.
 
+mod acs;
 mod aws;
+mod azure;
 pub mod cache;
 mod google;
 mod helper;
@@ -17,8 +19,10 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 
 use crate::config::{Apply, CredentialConfig, CredentialSpec, KeyFrom, KeySpec, Rejection};
-use crate::schemes::{HeaderScheme, Scheme, SigV4Scheme};
+use crate::schemes::{AcsHmacScheme, HeaderScheme, Scheme, SigV4Scheme};
+pub use acs::AcsKey;
 pub use aws::{AwsChain, AwsMaterial, configured_region};
+pub use azure::AzureChain;
 pub use cache::CredentialCache;
 pub use google::GoogleChain;
 pub use helper::Helper;
@@ -40,6 +44,7 @@ pub struct Credential {
 pub enum Material {
     Token(Token),
     Aws(AwsMaterial),
+    AcsKey(AcsKey),
 }
 
 /// A key or bearer token, with its header forms prepared once per fetch rather than
@@ -156,6 +161,9 @@ pub enum Source {
     /// Boxed: the loaded chain is large and there is one per credential, not per request.
     Aws(Box<AwsChain>),
     Google(GoogleChain),
+    Azure(AzureChain),
+    /// A key source whose output is an ACS connection string or access key.
+    Acs(Box<Source>),
     /// Configured, but what it needs is not set; answers with what to set.
     Unavailable(String),
 }
@@ -201,6 +209,8 @@ impl Source {
             Source::Helper(source) => source.fetch().await,
             Source::Aws(source) => source.fetch().await,
             Source::Google(source) => source.fetch().await,
+            Source::Azure(source) => source.fetch().await,
+            Source::Acs(inner) => Box::pin(inner.fetch()).await.and_then(acs::from_key),
             Source::Unavailable(why) => Err(SourceError::not_configured(why.clone())),
         }
     }
@@ -212,13 +222,19 @@ impl Source {
             Source::Helper(source) => source.describe(),
             Source::Aws(source) => source.describe(),
             Source::Google(source) => source.describe(),
+            Source::Azure(source) => source.describe(),
+            Source::Acs(inner) => inner.describe(),
             Source::Unavailable(_) => "not configured".to_string(),
         }
     }
 
     /// A literal key in the config file deserves a warning at start.
     pub fn is_literal(&self) -> bool {
-        matches!(self, Source::Static(StaticKey::Literal(_)))
+        match self {
+            Source::Static(StaticKey::Literal(_)) => true,
+            Source::Acs(inner) => inner.is_literal(),
+            _ => false,
+        }
     }
 }
 
@@ -277,6 +293,30 @@ impl Slot {
                 }
                 (Source::Google(chain), Scheme::Header(scheme))
             }
+            CredentialSpec::Azure(azure) => {
+                if let Some(var) = &azure.key_env
+                    && std::env::var(var).is_ok_and(|v| !v.trim().is_empty())
+                {
+                    return (
+                        Source::Static(StaticKey::Env {
+                            var: var.clone(),
+                            or_helper_env: None,
+                        }),
+                        Scheme::Header(HeaderScheme::new(
+                            azure.key_apply.clone(),
+                            Rejection::Unauthorized,
+                        )),
+                    );
+                }
+                (
+                    Source::Azure(AzureChain::new(azure.clone())),
+                    Scheme::Header(HeaderScheme::new(Apply::Bearer, Rejection::Unauthorized)),
+                )
+            }
+            CredentialSpec::Acs(key) => (
+                Source::Acs(Box::new(Source::from_key_spec(key))),
+                Scheme::AcsHmac(AcsHmacScheme),
+            ),
         }
     }
 }

@@ -108,7 +108,7 @@ mod tests {
                 authority: Authority::from_str(uri.authority().unwrap().as_str()).unwrap(),
                 base_path: uri.path().trim_end_matches('/').to_string(),
             },
-            region_template: None,
+            template: None,
             disabled: None,
             credential: 0,
         }

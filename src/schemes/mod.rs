@@ -5,6 +5,7 @@
 //! each attempt is sent (so signatures are fresh on a replay), [`Scheme::classify`] after
 //! the upstream answered the first attempt and before any byte went to the client.
 
+mod acs_hmac;
 mod header;
 mod sigv4;
 
@@ -13,6 +14,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 
 use crate::credentials::Credential;
+pub use acs_hmac::AcsHmacScheme;
 pub use header::HeaderScheme;
 pub use sigv4::{SigV4Scheme, region_from_host};
 
@@ -22,6 +24,8 @@ pub enum Scheme {
     Header(HeaderScheme),
     /// AWS Signature Version 4 over method, path, query, a minimal header set and the body.
     SigV4(SigV4Scheme),
+    /// Azure Communication Services HMAC-SHA256 over method, path, date, host and body hash.
+    AcsHmac(AcsHmacScheme),
 }
 
 /// What to do with the upstream's answer to the first attempt.
@@ -61,6 +65,7 @@ impl Scheme {
         match self {
             Scheme::Header(scheme) => scheme.apply(request, body, credential),
             Scheme::SigV4(scheme) => scheme.apply(request, body, credential),
+            Scheme::AcsHmac(scheme) => scheme.apply(request, body, credential),
         }
     }
 
@@ -69,6 +74,7 @@ impl Scheme {
         match self {
             Scheme::Header(scheme) => scheme.classify(status, headers),
             Scheme::SigV4(scheme) => scheme.classify(status, headers),
+            Scheme::AcsHmac(scheme) => scheme.classify(status, headers),
         }
     }
 
@@ -77,6 +83,7 @@ impl Scheme {
         match self {
             Scheme::Header(scheme) => scheme.classify_body(status, headers, body),
             Scheme::SigV4(scheme) => scheme.classify_body(status, headers, body),
+            Scheme::AcsHmac(scheme) => scheme.classify_body(status, headers, body),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod google;
 pub mod sigv4;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read};
@@ -83,12 +84,29 @@ type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 
 pub struct FakeUpstream {
     pub addr: SocketAddr,
+    tls: bool,
     requests: Arc<Mutex<Vec<Recorded>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeUpstream {
     pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_with(handler, None).await
+    }
+
+    /// The same over https, with a certificate from `ca` for `localhost` and `127.0.0.1`.
+    pub async fn start_tls(
+        ca: &tls::TestCa,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_with(handler, Some(ca.acceptor.clone())).await
+    }
+
+    async fn start_with(
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        let is_tls = tls.is_some();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -101,20 +119,36 @@ impl FakeUpstream {
                 };
                 let handler = Arc::clone(&handler);
                 let recorded = Arc::clone(&recorded);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let handler = Arc::clone(&handler);
                         let recorded = Arc::clone(&recorded);
                         async move { Ok::<_, Infallible>(answer(req, &handler, &recorded).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
         FakeUpstream {
             addr,
+            tls: is_tls,
             requests,
             task,
         }
@@ -148,7 +182,11 @@ impl FakeUpstream {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {

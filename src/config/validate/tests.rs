@@ -308,8 +308,8 @@ fn aws_credentials_take_their_own_keys_only() {
 #[test]
 fn region_placeholders_are_filled_in_or_the_route_is_disabled() {
     let mut config = parse(AWS).unwrap();
-    assert!(config.listeners[0].routes[0].region_template.is_some());
-    config.resolve_regions(vec![Some("ap-south-1".into())]);
+    assert!(config.listeners[0].routes[0].template.is_some());
+    config.resolve_templates(vec![Some("ap-south-1".into())], None);
     let route = &config.listeners[0].routes[0];
     assert_eq!(
         route.upstream.to_string(),
@@ -318,7 +318,7 @@ fn region_placeholders_are_filled_in_or_the_route_is_disabled() {
     assert!(route.disabled.is_none());
 
     let mut config = parse(AWS).unwrap();
-    config.resolve_regions(vec![None]);
+    config.resolve_templates(vec![None], None);
     let reason = config.listeners[0].routes[0].disabled.clone().unwrap();
     assert!(reason.contains("set AWS_REGION"), "{reason}");
 
@@ -366,7 +366,7 @@ credential = "google"
     );
     assert_eq!(google.scopes.len(), 2);
     assert_eq!(google.quota_project.as_deref(), Some("billing"));
-    config.resolve_regions(vec![Some("europe-west1".into())]);
+    config.resolve_templates(vec![Some("europe-west1".into())], None);
     assert_eq!(
         config.listeners[0].routes[0].upstream.to_string(),
         "https://europe-west1-aiplatform.googleapis.com"
@@ -414,4 +414,115 @@ fn vertex_hosts_follow_google_naming() {
     assert_eq!(vertex_host("global"), "aiplatform.googleapis.com");
     assert_eq!(vertex_host("us"), "aiplatform.us.rep.googleapis.com");
     assert_eq!(vertex_host("eu"), "aiplatform.eu.rep.googleapis.com");
+}
+
+#[test]
+fn azure_and_acs_credentials() {
+    let text = r#"
+[credentials.foundry]
+kind = "azure"
+method = "managed_identity"
+scope = "https://ai.azure.com/.default"
+authority_host = "https://login.microsoftonline.us/"
+client_id = "user-assigned-id"
+key_env = "ANTHROPIC_FOUNDRY_API_KEY"
+apply = "x-api-key"
+
+[credentials.acs]
+kind = "acs"
+file = "acs-connection-string"
+
+[[routes]]
+prefix = "/foundry"
+upstream = "{foundry_base}"
+credential = "foundry"
+
+[[routes]]
+prefix = "/acs"
+upstream = "https://res.communication.azure.com"
+credential = "acs"
+"#;
+    let mut config = parse(text).unwrap();
+    let CredentialSpec::Azure(azure) = &config.credentials[1].spec else {
+        panic!("not azure")
+    };
+    assert_eq!(azure.method, AzureMethod::ManagedIdentity);
+    assert_eq!(
+        azure.authority_host.as_deref(),
+        Some("https://login.microsoftonline.us")
+    );
+    assert_eq!(
+        azure.key_apply,
+        Apply::Header(HeaderName::from_static("x-api-key"))
+    );
+    assert!(matches!(config.credentials[0].spec, CredentialSpec::Acs(_)));
+    config.resolve_templates(
+        vec![None, None],
+        Some("https://r.services.ai.azure.com/anthropic".into()),
+    );
+    let foundry = config.listeners[0]
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/foundry")
+        .unwrap();
+    assert_eq!(
+        foundry.upstream.to_string(),
+        "https://r.services.ai.azure.com/anthropic"
+    );
+
+    let mut unset = parse(text).unwrap();
+    unset.resolve_templates(vec![None, None], None);
+    let foundry = unset.listeners[0]
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/foundry")
+        .unwrap();
+    assert!(
+        foundry
+            .disabled
+            .as_deref()
+            .unwrap()
+            .contains("ANTHROPIC_FOUNDRY_RESOURCE")
+    );
+
+    let p = problems(
+        &text
+            .replace("method = \"managed_identity\"", "method = \"magic\"")
+            .replace(
+                "authority_host = \"https://login.microsoftonline.us/\"",
+                "authority_host = \"http://login\"",
+            ),
+    );
+    assert!(
+        p.iter().any(|p| p
+            .message
+            .contains("`magic` is not an Azure credential method")
+            && p.hint.as_deref().unwrap().contains("\"workload_identity\"")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter().any(|p| p.message.contains("not an https URL")),
+        "{p:#?}"
+    );
+
+    let p = problems(&text.replace("key_env = \"ANTHROPIC_FOUNDRY_API_KEY\"\n", ""));
+    assert!(
+        p[0].message
+            .contains("`apply` applies to the key of `key_env`"),
+        "{p:#?}"
+    );
+    let p = problems(&text.replace(
+        "upstream = \"{foundry_base}\"",
+        "upstream = \"{foundry_base}/v1\"",
+    ));
+    assert!(p[0].message.contains("stands for a whole URL"), "{p:#?}");
+    let p = problems(&text.replace(
+        "file = \"acs-connection-string\"",
+        "file = \"x\"\napply = \"bearer\"",
+    ));
+    assert!(
+        p[0].message
+            .contains("`apply` does not apply to kind `acs`"),
+        "{p:#?}"
+    );
 }
