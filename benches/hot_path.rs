@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use credproxy::config::{Apply, Rejection, Route, Upstream};
-use credproxy::credentials::{CredentialCache, Secret, Slot, Source, StaticKey};
+use credproxy::credentials::{
+    AcsKey, AwsMaterial, Credential, CredentialCache, Material, Secret, Slot, Source, StaticKey,
+};
 use credproxy::proxy::headers::strip_request;
 use credproxy::proxy::route::{RouteTable, upstream_uri};
-use credproxy::schemes::{HeaderScheme, Scheme};
+use credproxy::schemes::{AcsHmacScheme, HeaderScheme, Scheme, SigV4Scheme};
 use criterion::{Criterion, criterion_group, criterion_main};
+use hmac::Mac;
 use http::uri::{Authority, PathAndQuery, Scheme as UriScheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::Full;
@@ -107,9 +110,77 @@ fn strip_and_inject(c: &mut Criterion) {
     });
 }
 
+fn aws_credential() -> Credential {
+    let credentials = aws_credential_types::Credentials::new(
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        Some("FwoGZXIvYXdzEJr//////////wEaDEXAMPLETOKEN".to_string()),
+        None,
+        "bench",
+    );
+    let identity =
+        aws_smithy_runtime_api::client::identity::Identity::new(credentials.clone(), None);
+    Credential {
+        material: Material::Aws(AwsMaterial {
+            credentials,
+            identity,
+            region: Some("us-east-1".into()),
+        }),
+        expires_at: None,
+        generation: 1,
+    }
+}
+
+fn signing(c: &mut Criterion) {
+    let sigv4 = Scheme::SigV4(SigV4Scheme::new("bedrock".into(), None));
+    let aws = aws_credential();
+    let uri: http::Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke"
+        .parse()
+        .unwrap();
+    for (name, size) in [("1kib", 1024), ("8kib", 8 * 1024), ("1mib", 1024 * 1024)] {
+        let body = Bytes::from(vec![b'x'; size]);
+        c.bench_function(&format!("sigv4_sign_bedrock_invoke_{name}_body"), |b| {
+            b.iter(|| {
+                let mut request = Request::new(Full::new(body.clone()));
+                *request.uri_mut() = uri.clone();
+                request
+                    .headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                sigv4.apply(&mut request, &body, &aws).unwrap();
+                request
+            })
+        });
+    }
+
+    let acs = Scheme::AcsHmac(AcsHmacScheme);
+    let key = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"acs-bench-access-key-0123456789abcdef")
+        .unwrap();
+    let acs_credential = Credential {
+        material: Material::AcsKey(AcsKey {
+            mac: key,
+            endpoint: None,
+        }),
+        expires_at: None,
+        generation: 1,
+    };
+    let acs_uri: http::Uri =
+        "https://res.communication.azure.com/emails:send?api-version=2023-03-31"
+            .parse()
+            .unwrap();
+    let body = Bytes::from(vec![b'x'; 8 * 1024]);
+    c.bench_function("acs_hmac_sign_8kib_body", |b| {
+        b.iter(|| {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.uri_mut() = acs_uri.clone();
+            acs.apply(&mut request, &body, &acs_credential).unwrap();
+            request
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = route_match, strip_and_inject
+    targets = route_match, strip_and_inject, signing
 }
 criterion_main!(benches);
