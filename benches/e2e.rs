@@ -8,7 +8,8 @@
 //!
 //! Knobs (environment): E2E_SECONDS (per run, default 3), E2E_REPS (default 3),
 //! E2E_CONCURRENCY (default 1,16,64), E2E_BODY_KIB (request body, default 8),
-//! E2E_CONNECTIONS_FOR_RSS (default 256), E2E_ACCESS_LOG (on|off, default on).
+//! E2E_CONNECTIONS_FOR_RSS (default 256), E2E_ACCESS_LOG (on|off, default on),
+//! E2E_PROXY_WORKERS (credproxy's worker threads, default: one per CPU).
 //!
 //! Load generator, mock and proxy share the machine's cores: compare the two columns of one
 //! run, not absolute figures across machines.
@@ -64,6 +65,7 @@ fn main() {
     runtime.block_on(async move {
         let mock = start_mock().await;
         let proxy = Proxy::start(mock, access_log);
+        let proxy_idle_rss = proxy.rss_kib();
         let body = Bytes::from(request_body(body_kib * 1024));
         let duration = Duration::from_secs_f64(seconds);
         println!("# credproxy end-to-end overhead ({} CPUs, {body_kib} KiB requests, 1 KiB responses, {seconds} s x {reps} reps, access log {})",
@@ -72,6 +74,7 @@ fn main() {
         println!("| concurrency | direct req/s (min-max) | credproxy req/s (min-max) | ratio | p50 direct / proxied µs | p99 direct / proxied µs | credproxy CPU µs/req |");
         println!("|---|---|---|---|---|---|---|");
         let mut errors = 0;
+        let mut upstream_connections = 0;
         for &c in &concurrency {
             let mut direct = Vec::new();
             let mut proxied = Vec::new();
@@ -82,7 +85,10 @@ fn main() {
                 for through_proxy in order {
                     if through_proxy {
                         let cpu_before = proxy.cpu_time();
+                        let opened_before = MOCK_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
                         let run = load(proxy.addr, c, duration, &body, false).await;
+                        let opened = MOCK_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed) - opened_before;
+                        upstream_connections = upstream_connections.max(opened);
                         let cpu = proxy.cpu_time() - cpu_before;
                         cpu_per_request.push(cpu.as_secs_f64() * 1e6 / run.requests.max(1) as f64);
                         proxied.push(run);
@@ -115,6 +121,8 @@ fn main() {
             );
         }
         println!();
+        println!("Most upstream connections credproxy opened in one run: {upstream_connections} (pooled connections are reused across runs)");
+        println!();
 
         // SSE: time to the first content_block_delta, alternating direct and proxied.
         let mut direct_first = Vec::new();
@@ -139,10 +147,10 @@ fn main() {
         );
 
         // Memory: many keep-alive connections through credproxy at once.
-        let idle = proxy.rss_kib();
+        let idle = proxy_idle_rss;
         let run = load(proxy.addr, rss_connections, duration, &body, false).await;
         println!(
-            "Memory: credproxy RSS idle {:.1} MiB, peak {:.1} MiB (VmHWM) after {rss_connections} keep-alive connections ({} requests)",
+            "Memory: credproxy RSS at start {:.1} MiB, peak {:.1} MiB (VmHWM) after {rss_connections} keep-alive connections ({} requests)",
             idle.0 as f64 / 1024.0,
             proxy.rss_kib().1 as f64 / 1024.0,
             run.requests
@@ -169,6 +177,10 @@ fn request_body(size: usize) -> Vec<u8> {
 
 // ── Mock upstream ────────────────────────────────────────────────────────────
 
+/// Connections the mock accepted: direct runs open one per load connection, so anything
+/// beyond that came from credproxy's pool (which should reuse its connections).
+static MOCK_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn start_mock() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -181,6 +193,7 @@ async fn start_mock() -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            MOCK_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let message = message.clone();
             tokio::spawn(async move {
@@ -371,10 +384,12 @@ impl Proxy {
         } else {
             "info,credproxy::access=off"
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_credproxy"))
-            .arg("--config")
-            .arg(config.path())
-            .env_clear()
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credproxy"));
+        command.arg("--config").arg(config.path()).env_clear();
+        if let Ok(workers) = std::env::var("E2E_PROXY_WORKERS") {
+            command.env("TOKIO_WORKER_THREADS", workers);
+        }
+        let mut child = command
             .env("BENCH_KEY", KEY)
             .env("CREDPROXY_LOG", filter)
             .stdin(Stdio::null())

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         print!("{EMBEDDED_DEFAULT}");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&args.log_level, args.log_format);
+    let _log_writer = telemetry::init(&args.log_level, args.log_format);
     let mut config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
