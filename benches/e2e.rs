@@ -9,7 +9,9 @@
 //! Knobs (environment): E2E_SECONDS (per run, default 3), E2E_REPS (default 3),
 //! E2E_CONCURRENCY (default 1,16,64), E2E_BODY_KIB (request body, default 8),
 //! E2E_CONNECTIONS_FOR_RSS (default 256), E2E_ACCESS_LOG (on|off, default on),
-//! E2E_PROXY_WORKERS (credproxy's worker threads, default: one per CPU).
+//! E2E_PROXY_WORKERS (credproxy's worker threads, default: one per CPU),
+//! E2E_HELPER_TTL (e.g. `2s`: the key comes from a helper command with that TTL, so it is
+//! refreshed ahead of expiry throughout the runs; the helper's run count is reported).
 //!
 //! Load generator, mock and proxy share the machine's cores: compare the two columns of one
 //! run, not absolute figures across machines.
@@ -64,7 +66,9 @@ fn main() {
         .unwrap();
     runtime.block_on(async move {
         let mock = start_mock().await;
-        let proxy = Proxy::start(mock, access_log);
+        let helper_ttl = std::env::var("E2E_HELPER_TTL").ok();
+        let proxy = Proxy::start(mock, access_log, helper_ttl.as_deref());
+        let started = Instant::now();
         let proxy_idle_rss = proxy.rss_kib();
         let body = Bytes::from(request_body(body_kib * 1024));
         let duration = Duration::from_secs_f64(seconds);
@@ -155,6 +159,16 @@ fn main() {
             proxy.rss_kib().1 as f64 / 1024.0,
             run.requests
         );
+        if let Some(ttl) = &helper_ttl {
+            let runs = std::fs::read_to_string(proxy.helper_runs()).map_or(0, |t| t.lines().count());
+            let ttl_s = humantime::parse_duration(ttl).unwrap().as_secs_f64();
+            println!(
+                "Helper credential (ttl {ttl}): {runs} helper runs in {:.0} s of load, about one per {:.1} s (refresh-ahead at 3/4 of the ttl would be one per {:.1} s)",
+                started.elapsed().as_secs_f64(),
+                started.elapsed().as_secs_f64() / runs.max(1) as f64,
+                ttl_s * 0.75
+            );
+        }
         if run.errors + errors > 0 {
             println!("Errors during the runs: see above; figures with errors are not comparable.");
         }
@@ -366,16 +380,25 @@ async fn first_delta(addr: SocketAddr, direct: bool) -> Duration {
 struct Proxy {
     child: Child,
     addr: SocketAddr,
-    _config: tempfile::NamedTempFile,
+    dir: tempfile::TempDir,
 }
 
 impl Proxy {
-    fn start(upstream: SocketAddr, access_log: bool) -> Self {
-        let config = tempfile::NamedTempFile::new().unwrap();
+    fn start(upstream: SocketAddr, access_log: bool, helper_ttl: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("helper-runs");
+        let source = match helper_ttl {
+            None => "env = \"BENCH_KEY\"".to_string(),
+            Some(ttl) => format!(
+                "helper = \"echo run >> {}; printf %s \\\"$BENCH_KEY\\\"\"\nttl = \"{ttl}\"",
+                runs.display()
+            ),
+        };
+        let config = dir.path().join("credproxy.toml");
         std::fs::write(
-            config.path(),
+            &config,
             format!(
-                "listen = \"127.0.0.1:0\"\n[credentials.bench]\nkind = \"api_key\"\nenv = \"BENCH_KEY\"\n[[routes]]\nprefix = \"/\"\nupstream = \"http://{upstream}\"\ncredential = \"bench\"\n"
+                "listen = \"127.0.0.1:0\"\n[credentials.bench]\nkind = \"api_key\"\n{source}\n[[routes]]\nprefix = \"/\"\nupstream = \"http://{upstream}\"\ncredential = \"bench\"\n"
             ),
         )
         .unwrap();
@@ -385,7 +408,11 @@ impl Proxy {
             "info,credproxy::access=off"
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_credproxy"));
-        command.arg("--config").arg(config.path()).env_clear();
+        command
+            .arg("--config")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
         if let Ok(workers) = std::env::var("E2E_PROXY_WORKERS") {
             command.env("TOKIO_WORKER_THREADS", workers);
         }
@@ -415,11 +442,11 @@ impl Proxy {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("credproxy did not start");
-        Proxy {
-            child,
-            addr,
-            _config: config,
-        }
+        Proxy { child, addr, dir }
+    }
+
+    fn helper_runs(&self) -> std::path::PathBuf {
+        self.dir.path().join("helper-runs")
     }
 
     /// User + system CPU time used so far.

@@ -81,11 +81,14 @@ impl SigV4Scheme {
             .build()
             .map_err(|e| ApplyError(format!("SigV4 parameters: {e}")))?
             .into();
+        // The body hash is the bulk of signing a large body: ring's SHA-256 uses the CPU's
+        // SHA extensions, several times faster than the signer's own hashing.
+        let body_hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, body));
         let signable = SignableRequest::new(
             request.method().as_str(),
             &uri,
             signed_headers.into_iter(),
-            SignableBody::Bytes(body),
+            SignableBody::Precomputed(body_hash),
         )
         .map_err(|e| ApplyError(format!("the request cannot be signed: {e}")))?;
         let (instructions, _signature) = sign(signable, &params)
