@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use support::sigv4::{Signed, verify};
 use support::*;
 use tokio::sync::Semaphore;
@@ -344,13 +344,6 @@ impl ContainerEndpoint {
     }
 }
 
-fn with_env<'a>(mut spawn: Spawn<'a>, env: &[(&str, String)]) -> Spawn<'a> {
-    for (k, v) in env {
-        spawn = spawn.env(k, v);
-    }
-    spawn
-}
-
 #[tokio::test]
 async fn container_credentials_are_refreshed_ahead_of_expiry_while_requests_flow() {
     let container = ContainerEndpoint::start(Duration::from_secs(8)).await;
@@ -370,11 +363,9 @@ async fn container_credentials_are_refreshed_ahead_of_expiry_while_requests_flow
         .await
     };
     let scratch = Scratch::new();
-    let proxy = with_env(
-        credproxy(&scratch, &aws_config(&upstream.url(), "")),
-        &container.env(),
-    )
-    .start();
+    let proxy = credproxy(&scratch, &aws_config(&upstream.url(), ""))
+        .envs(&container.env())
+        .start();
     proxy.wait_for_output("credential ready").await;
 
     // Requests every 100 ms across one and a half lifetimes of the first key.
@@ -425,11 +416,9 @@ async fn an_expired_token_is_refreshed_once_and_the_request_replayed() {
     })
     .await;
     let scratch = Scratch::new();
-    let proxy = with_env(
-        credproxy(&scratch, &aws_config(&upstream.url(), "")),
-        &container.env(),
-    )
-    .start();
+    let proxy = credproxy(&scratch, &aws_config(&upstream.url(), ""))
+        .envs(&container.env())
+        .start();
     proxy.wait_for_output("credential ready").await;
     let body = r#"{"messages":[]}"#;
     let answer = post(&proxy.url("/bedrock/model/m/invoke"), body).await;
@@ -489,11 +478,9 @@ async fn an_expired_signature_is_signed_again_without_fetching_new_keys() {
     })
     .await;
     let scratch = Scratch::new();
-    let proxy = with_env(
-        credproxy(&scratch, &aws_config(&upstream.url(), "")),
-        &container.env(),
-    )
-    .start();
+    let proxy = credproxy(&scratch, &aws_config(&upstream.url(), ""))
+        .envs(&container.env())
+        .start();
     proxy.wait_for_output("credential ready").await;
     let answer = post(&proxy.url("/bedrock/model/m/invoke"), "{}").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -535,19 +522,7 @@ async fn event_stream_frames_arrive_one_by_one_and_byte_identical() {
         response.headers()["content-type"],
         "application/vnd.amazon.eventstream"
     );
-    let mut body = response.into_body();
-    let mut received = Vec::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                received.push(data);
-                gate.add_permits(1);
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("frames were held back");
+    let received = read_gated(response.into_body(), &gate).await;
     assert_eq!(received, frames);
 }
 

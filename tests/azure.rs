@@ -97,23 +97,14 @@ impl IdentityEndpoint {
     }
 }
 
-fn with_env<'a>(mut spawn: Spawn<'a>, env: &[(&str, String)]) -> Spawn<'a> {
-    for (k, v) in env {
-        spawn = spawn.env(k, v);
-    }
-    spawn
-}
-
 #[tokio::test]
 async fn a_managed_identity_token_is_applied_and_replaced_once_after_a_401() {
     let identity = IdentityEndpoint::start(Duration::from_secs(3600)).await;
     let upstream = foundry_accepting("mi-token-2").await;
     let scratch = Scratch::new();
-    let proxy = with_env(
-        credproxy(&scratch, &azure_config(&upstream.url(), "")),
-        &identity.env(),
-    )
-    .start();
+    let proxy = credproxy(&scratch, &azure_config(&upstream.url(), ""))
+        .envs(&identity.env())
+        .start();
     proxy.wait_for_output("credential ready").await;
     let answer = send(
         Request::post(proxy.url(FOUNDRY_MESSAGES))
@@ -136,12 +127,10 @@ async fn a_managed_identity_token_is_applied_and_replaced_once_after_a_401() {
         "one new token, from a fresh azure_identity instance"
     );
 
-    let (status, stdout, _) = with_env(
-        credproxy(&scratch, &azure_config(&upstream.url(), "")),
-        &identity.env(),
-    )
-    .run_async("check")
-    .await;
+    let (status, stdout, _) = credproxy(&scratch, &azure_config(&upstream.url(), ""))
+        .envs(&identity.env())
+        .run_async("check")
+        .await;
     assert!(status.success(), "{stdout}");
     assert!(stdout.contains("ok (via managed identity)"), "{stdout}");
     assert!(!stdout.contains("mi-token"), "{stdout}");
@@ -152,11 +141,9 @@ async fn short_lived_managed_identity_tokens_are_refreshed_ahead() {
     let identity = IdentityEndpoint::start(Duration::from_secs(4)).await;
     let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
     let scratch = Scratch::new();
-    let proxy = with_env(
-        credproxy(&scratch, &azure_config(&upstream.url(), "")),
-        &identity.env(),
-    )
-    .start();
+    let proxy = credproxy(&scratch, &azure_config(&upstream.url(), ""))
+        .envs(&identity.env())
+        .start();
     proxy.wait_for_output("credential ready").await;
     for _ in 0..40 {
         assert_eq!(post(&proxy.url(FOUNDRY_MESSAGES), "{}").await.status, 200);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use support::google::ServiceAccount;
 use support::*;
 use tokio::sync::Semaphore;
@@ -112,19 +112,7 @@ async fn stream_raw_predict_events_arrive_one_by_one() {
     let proxy = credproxy(&scratch, &vertex_config(&upstream.url(), &key_file)).start();
     let response = open_stream(&proxy.url(STREAM_RAW_PREDICT)).await;
     assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    let mut received = Vec::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                received.push(data);
-                gate.add_permits(1);
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("events were held back");
+    let received = read_gated(response.into_body(), &gate).await;
     assert_eq!(received, events);
     assert_eq!(
         upstream.requests()[0].header("authorization"),

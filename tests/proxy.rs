@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use support::*;
 use tokio::sync::Semaphore;
 
@@ -151,19 +151,7 @@ async fn sse_events_reach_the_client_one_by_one_as_the_upstream_sends_them() {
     let response = open_stream(&proxy.url("/v1/messages")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut body = response.into_body();
-    let mut received = Vec::new();
-    let read_all = async {
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                received.push(data);
-                gate.add_permits(1);
-            }
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), read_all)
-        .await
-        .expect("the stream stalled: events were held back");
+    let received = read_gated(response.into_body(), &gate).await;
     assert_eq!(received, events, "one frame per event, byte-identical");
 }
 

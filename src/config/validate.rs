@@ -119,6 +119,21 @@ impl Validator<'_> {
         self.problems.push(problem);
     }
 
+    /// Checks that a key naming an environment variable holds a name, not a value.
+    fn env_name(&mut self, text: Option<&Text>, hint: &str) -> bool {
+        match text {
+            Some(var) if !is_env_name(var.get_ref()) => {
+                self.report(
+                    var,
+                    format!("`{}` is not an environment variable name", var.get_ref()),
+                    hint.to_string(),
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn report_at(
         &mut self,
         span: std::ops::Range<usize>,
@@ -405,16 +420,10 @@ impl Validator<'_> {
             self.report(host, format!("`{}` is not an https URL", host.get_ref()), "write the authority host as https://..., such as \"https://login.microsoftonline.us\"".to_string());
             ok = false;
         }
-        if let Some(var) = &raw.key_env
-            && !is_env_name(var.get_ref())
-        {
-            self.report(
-                var,
-                format!("`{}` is not an environment variable name", var.get_ref()),
-                "write a variable name such as \"ANTHROPIC_FOUNDRY_API_KEY\"".to_string(),
-            );
-            ok = false;
-        }
+        ok &= self.env_name(
+            raw.key_env.as_ref(),
+            "write a variable name such as \"ANTHROPIC_FOUNDRY_API_KEY\"",
+        );
         let key_apply = self.apply(
             raw.apply.as_ref(),
             Apply::Header(HeaderName::from_static("api-key")),
@@ -516,16 +525,10 @@ impl Validator<'_> {
                 ok = false;
             }
         }
-        if let Some(var) = &raw.bearer_env
-            && !is_env_name(var.get_ref())
-        {
-            self.report(
-                var,
-                format!("`{}` is not an environment variable name", var.get_ref()),
-                "write a variable name such as \"AWS_BEARER_TOKEN_BEDROCK\"".to_string(),
-            );
-            ok = false;
-        }
+        ok &= self.env_name(
+            raw.bearer_env.as_ref(),
+            "write a variable name such as \"AWS_BEARER_TOKEN_BEDROCK\"",
+        );
         let service = text(&raw.service).unwrap_or_else(|| "bedrock".to_string());
         if let Some(s) = &raw.service
             && (service.is_empty()
@@ -628,23 +631,11 @@ impl Validator<'_> {
         };
         let apply = self.apply(raw.apply.as_ref(), default_apply);
 
-        if let Some(env) = &raw.env
-            && !is_env_name(env.get_ref())
-        {
-            self.report(
-                env,
-                format!("`{}` is not an environment variable name", env.get_ref()),
-                "write the variable's name, such as \"ANTHROPIC_API_KEY\", not its value"
-                    .to_string(),
-            );
-            ok = false;
-        }
-        if let Some(env) = &raw.helper_env
-            && !is_env_name(env.get_ref())
-        {
-            self.report(env, format!("`{}` is not an environment variable name", env.get_ref()), "write the name of a variable that holds a helper command, such as \"CREDPROXY_API_KEY_HELPER\"".to_string());
-            ok = false;
-        }
+        ok &= self.env_name(
+            raw.env.as_ref(),
+            "write the variable's name, such as \"ANTHROPIC_API_KEY\", not its value",
+        );
+        ok &= self.env_name(raw.helper_env.as_ref(), "write the name of a variable that holds a helper command, such as \"CREDPROXY_API_KEY_HELPER\"");
         let from = if let Some(env) = &raw.env {
             Some(KeyFrom::Env(env.get_ref().clone()))
         } else if let Some(file) = &raw.file {

@@ -30,11 +30,7 @@ impl AcsHmacScheme {
         let Material::AcsKey(key) = &credential.material else {
             return Err(ApplyError("this credential holds no ACS access key".into()));
         };
-        let host = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .ok_or_else(|| ApplyError("the upstream URI has no host".into()))?;
+        let host = super::signed_host(request)?;
         let path_and_query = request
             .uri()
             .path_and_query()

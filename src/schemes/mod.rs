@@ -43,6 +43,16 @@ pub enum Verdict {
     Inspect { max_bytes: usize },
 }
 
+/// The authority a signature covers: what the client library sends as `Host` (HTTP/1)
+/// or `:authority` (HTTP/2) for this URI.
+fn signed_host(request: &Request<Full<Bytes>>) -> Result<String, ApplyError> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| ApplyError("the upstream URI has no host".into()))
+}
+
 /// Applying a credential failed (a signer refused the input).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]

@@ -46,11 +46,7 @@ impl SigV4Scheme {
             return Err(ApplyError("this credential holds no AWS keys".into()));
         };
         let uri = request.uri().to_string();
-        let host = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .ok_or_else(|| ApplyError("the upstream URI has no host".into()))?;
+        let host = super::signed_host(request)?;
         let region = region_from_host(&host)
             .or(self.region.as_deref())
             .or(aws.region.as_deref())

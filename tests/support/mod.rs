@@ -375,6 +375,12 @@ impl Spawn<'_> {
         self
     }
 
+    pub fn envs(mut self, pairs: &[(&str, String)]) -> Self {
+        self.env
+            .extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        self
+    }
+
     /// How many listeners the config binds (the start waits for each).
     pub fn listeners(mut self, count: usize) -> Self {
         self.listeners = count;
@@ -603,6 +609,26 @@ pub async fn open_stream(url: &str) -> Response<Incoming> {
         )
         .await
         .unwrap()
+}
+
+/// Reads a gated stream to its end, adding a permit to `gate` after each frame so the fake
+/// sends the next one only once this one arrived. Panics if the stream stalls (a proxy that
+/// buffers would never deliver the first frame alone).
+pub async fn read_gated(body: Incoming, gate: &Semaphore) -> Vec<Bytes> {
+    let mut body = body;
+    let mut received = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                received.push(data);
+                gate.add_permits(1);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the stream stalled: frames were held back");
+    received
 }
 
 /// Sends a request and reads the whole answer.
