@@ -124,12 +124,12 @@ async fn invalidation_drops_only_the_value_that_failed() {
 #[tokio::test]
 async fn refresh_ahead_serves_the_current_value_while_fetching_in_background() {
     let script = Script::new();
-    let cache = script.cache(Duration::from_millis(1200), "0");
+    let cache = script.cache(Duration::from_millis(2000), "0");
     let first = cache.get(0).await.unwrap();
     script.set_key("key-2");
 
     // Past three quarters of the life: the answer is still the current value.
-    tokio::time::sleep(Duration::from_millis(950)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let during = cache.get(0).await.unwrap();
     assert_eq!(during.generation, first.generation);
 
@@ -153,17 +153,17 @@ async fn refresh_ahead_serves_the_current_value_while_fetching_in_background() {
 #[tokio::test]
 async fn failed_refresh_keeps_serving_the_last_good_value_until_it_expires() {
     let script = Script::new();
-    let cache = script.cache(Duration::from_millis(1200), "0");
+    let cache = script.cache(Duration::from_millis(2000), "0");
     let first = cache.get(0).await.unwrap();
     script.set_failing(true);
 
-    tokio::time::sleep(Duration::from_millis(950)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(cache.get(0).await.unwrap().generation, first.generation);
     wait_until("the background refresh failed", || script.runs() >= 2).await;
     assert_eq!(cache.get(0).await.unwrap().generation, first.generation);
 
     // Once the value has expired there is nothing good left to serve.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let error = cache.get(0).await.unwrap_err();
     assert!(
         error.message.contains("exited with status 1"),
