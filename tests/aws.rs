@@ -35,6 +35,18 @@ credential = "aws"
     )
 }
 
+/// An AWS JSON error: the type in `x-amzn-ErrorType`, the message in the body.
+fn aws_error(status: u16, kind: &str, message: &str) -> Reply {
+    Reply::Full {
+        status,
+        headers: vec![(
+            "x-amzn-errortype",
+            format!("{kind}:http://internal.amazon.com/coral/com.amazon.coral.service/"),
+        )],
+        body: Bytes::from(format!(r#"{{"message":"{message}"}}"#)),
+    }
+}
+
 fn verified(req: &Recorded, secrets: &HashMap<String, String>) -> Result<Signed, String> {
     verify(
         &req.method,
@@ -404,12 +416,15 @@ async fn container_credentials_are_refreshed_ahead_of_expiry_while_requests_flow
 async fn an_expired_token_is_refreshed_once_and_the_request_replayed() {
     let container = ContainerEndpoint::start(Duration::from_secs(3600)).await;
     let upstream = FakeUpstream::start(|req| {
-        if req.header("authorization").is_some_and(|a| a.contains("AKIACONTAINER1/")) {
-            Reply::Full {
-                status: 403,
-                headers: vec![("x-amzn-errortype", "ExpiredTokenException:http://internal.amazon.com/coral/com.amazon.coral.service/".into())],
-                body: Bytes::from(r#"{"message":"The security token included in the request is expired"}"#),
-            }
+        if req
+            .header("authorization")
+            .is_some_and(|a| a.contains("AKIACONTAINER1/"))
+        {
+            aws_error(
+                403,
+                "ExpiredTokenException",
+                "The security token included in the request is expired",
+            )
         } else {
             Reply::status(200, "{}")
         }
@@ -436,15 +451,12 @@ async fn an_expired_token_is_refreshed_once_and_the_request_replayed() {
 
 #[tokio::test]
 async fn access_denied_passes_after_one_attempt() {
-    let upstream = FakeUpstream::start(|_| Reply::Full {
-        status: 403,
-        headers: vec![(
-            "x-amzn-errortype",
-            "AccessDeniedException:http://internal.amazon.com/".into(),
-        )],
-        body: Bytes::from(
-            r#"{"message":"You don't have access to the model with the specified model ID."}"#,
-        ),
+    let upstream = FakeUpstream::start(|_| {
+        aws_error(
+            403,
+            "AccessDeniedException",
+            "You don't have access to the model with the specified model ID.",
+        )
     })
     .await;
     let scratch = Scratch::new();
@@ -467,11 +479,7 @@ async fn an_expired_signature_is_signed_again_without_fetching_new_keys() {
     let attempts = AtomicUsize::new(0);
     let upstream = FakeUpstream::start(move |_| {
         if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::Full {
-                status: 403,
-                headers: vec![("x-amzn-errortype", "InvalidSignatureException:http://internal.amazon.com/".into())],
-                body: Bytes::from(r#"{"message":"Signature expired: 20250101T000000Z is now earlier than 20250101T000500Z (20250101T001000Z - 5 min.)"}"#),
-            }
+            aws_error(403, "InvalidSignatureException", "Signature expired: 20250101T000000Z is now earlier than 20250101T000500Z (20250101T001000Z - 5 min.)")
         } else {
             Reply::status(200, "{}")
         }

@@ -22,7 +22,8 @@ use crate::proxy::headers::is_never_forwarded;
 const KNOWN_KINDS: &str =
     "\"api_key\", \"bedrock_api_key\", \"aws\", \"google\", \"azure\" or \"acs\"";
 
-const KEY_FIELDS: &[&str] = &[
+/// Where a key comes from: shared by `api_key`, `bedrock_api_key` and `acs`.
+const KEY_SOURCE_FIELDS: &[&str] = &[
     "env",
     "file",
     "value",
@@ -30,7 +31,6 @@ const KEY_FIELDS: &[&str] = &[
     "helper_env",
     "ttl",
     "helper_timeout",
-    "apply",
 ];
 const AZURE_FIELDS: &[&str] = &[
     "method",
@@ -40,15 +40,6 @@ const AZURE_FIELDS: &[&str] = &[
     "client_id",
     "key_env",
     "apply",
-];
-const ACS_FIELDS: &[&str] = &[
-    "env",
-    "file",
-    "value",
-    "helper",
-    "helper_env",
-    "ttl",
-    "helper_timeout",
 ];
 const GOOGLE_FIELDS: &[&str] = &["key_file", "scopes", "quota_project", "project", "region"];
 const AWS_FIELDS: &[&str] = &[
@@ -325,14 +316,15 @@ impl Validator<'_> {
             return None;
         };
         let kind_name = kind.get_ref().as_str();
-        let allowed = match kind_name {
-            "api_key" | "bedrock_api_key" => KEY_FIELDS,
-            "aws" => AWS_FIELDS,
-            "google" => GOOGLE_FIELDS,
-            "azure" => AZURE_FIELDS,
-            "acs" => ACS_FIELDS,
+        let groups: &[&[&str]] = match kind_name {
+            "api_key" | "bedrock_api_key" => &[KEY_SOURCE_FIELDS, &["apply"]],
+            "aws" => &[AWS_FIELDS],
+            "google" => &[GOOGLE_FIELDS],
+            "azure" => &[AZURE_FIELDS],
+            "acs" => &[KEY_SOURCE_FIELDS],
             _ => &[],
         };
+        let allowed: Vec<&str> = groups.iter().flat_map(|g| g.iter().copied()).collect();
         let mut foreign = false;
         for (key, span) in raw.present() {
             if !allowed.is_empty() && !allowed.contains(&key) {
