@@ -1,0 +1,140 @@
+//! A log writer for the request path: lines go into a shared buffer (a lock and a copy), and
+//! one background thread writes the whole buffer to stderr every few milliseconds. Under
+//! load, hundreds of access-log lines share one `write`, and no worker thread wakes another
+//! thread per line (a channel-per-line writer cost ~10-20 µs of CPU per request).
+//!
+//! Nothing is dropped: when stderr cannot keep up and the buffer reaches its cap, writers
+//! wait for the flusher. Lines reach stderr at most [`FLUSH_EVERY`] after they were logged.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Beyond this many pending bytes, writers wait for the flusher.
+const CAP: usize = 4 * 1024 * 1024;
+
+#[derive(Default)]
+struct State {
+    pending: Vec<u8>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled by the flusher after it took the pending bytes, and on close.
+    drained: Condvar,
+    /// Signalled on close, so the flusher does not sleep out its interval.
+    wake: Condvar,
+}
+
+/// The `MakeWriter` handed to tracing; cheap to call per event.
+#[derive(Clone)]
+pub struct BatchedStderr {
+    shared: Arc<Shared>,
+}
+
+/// Flushes what is pending and stops the flusher when dropped; keep it until exit.
+pub struct FlushGuard {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+pub fn stderr() -> (BatchedStderr, FlushGuard) {
+    let shared = Arc::new(Shared::default());
+    let flusher = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("credproxy-log".into())
+            .spawn(move || flush_loop(&shared))
+            .expect("the log thread starts")
+    };
+    (
+        BatchedStderr {
+            shared: Arc::clone(&shared),
+        },
+        FlushGuard {
+            shared,
+            flusher: Some(flusher),
+        },
+    )
+}
+
+fn flush_loop(shared: &Shared) {
+    let mut out = io::stderr();
+    let mut batch = Vec::new();
+    loop {
+        let closed = {
+            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.pending.is_empty() && !state.closed {
+                state = shared
+                    .wake
+                    .wait_timeout(state, FLUSH_EVERY)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            std::mem::swap(&mut batch, &mut state.pending);
+            state.closed
+        };
+        shared.drained.notify_all();
+        if !batch.is_empty() {
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+            batch.clear();
+        }
+        if closed {
+            return;
+        }
+        std::thread::sleep(FLUSH_EVERY);
+    }
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.shared.wake.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchedStderr {
+    type Writer = BatchedStderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Write for BatchedStderr {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.pending.len() > CAP && !state.closed {
+            state = self
+                .shared
+                .drained
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if state.closed {
+            // After the guard is gone (the very end of main): write directly.
+            drop(state);
+            return io::stderr().write(bytes);
+        }
+        state.pending.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
