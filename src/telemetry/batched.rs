@@ -36,6 +36,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct BatchedStderr {
     shared: Arc<Shared>,
+    /// Where a line goes once the flusher has stopped (the very end of `main`).
+    after_close: fn(&[u8]),
 }
 
 /// Flushes what is pending and stops the flusher when dropped; keep it until exit.
@@ -45,17 +47,25 @@ pub struct FlushGuard {
 }
 
 pub fn stderr() -> (BatchedStderr, FlushGuard) {
+    to(io::stderr(), |bytes| {
+        let _ = io::stderr().write_all(bytes);
+    })
+}
+
+/// The same over any output; `after_close` takes lines logged after the guard dropped.
+fn to(out: impl Write + Send + 'static, after_close: fn(&[u8])) -> (BatchedStderr, FlushGuard) {
     let shared = Arc::new(Shared::default());
     let flusher = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("credproxy-log".into())
-            .spawn(move || flush_loop(&shared))
+            .spawn(move || flush_loop(&shared, out))
             .expect("the log thread starts")
     };
     (
         BatchedStderr {
             shared: Arc::clone(&shared),
+            after_close,
         },
         FlushGuard {
             shared,
@@ -64,8 +74,7 @@ pub fn stderr() -> (BatchedStderr, FlushGuard) {
     )
 }
 
-fn flush_loop(shared: &Shared) {
-    let mut out = io::stderr();
+fn flush_loop(shared: &Shared, mut out: impl Write) {
     let mut batch = Vec::new();
     loop {
         let closed = {
@@ -126,9 +135,9 @@ impl Write for BatchedStderr {
                 .unwrap_or_else(|e| e.into_inner());
         }
         if state.closed {
-            // After the guard is gone (the very end of main): write directly.
             drop(state);
-            return io::stderr().write(bytes);
+            (self.after_close)(bytes);
+            return Ok(bytes.len());
         }
         state.pending.extend_from_slice(bytes);
         Ok(bytes.len())
@@ -136,5 +145,73 @@ impl Write for BatchedStderr {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output the test can read back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_from_many_threads_arrive_whole_and_the_guard_flushes_the_rest() {
+        let sink = Sink::default();
+        let (writer, guard) = to(sink.clone(), |_| panic!("nothing is logged after close"));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        let mut w = writer.make_writer();
+                        w.write_all(format!("thread {t} line {i}\n").as_bytes())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4000, "every line, once");
+        for t in 0..4 {
+            let own: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(&format!("thread {t} ")))
+                .collect();
+            let expected: Vec<String> = (0..1000).map(|i| format!("thread {t} line {i}")).collect();
+            assert_eq!(own, expected, "each thread's lines in order");
+        }
+    }
+
+    #[test]
+    fn pending_lines_are_written_without_waiting_for_exit() {
+        let sink = Sink::default();
+        let (writer, _guard) = to(sink.clone(), |_| {});
+        writer.make_writer().write_all(b"listening\n").unwrap();
+        for _ in 0..200 {
+            if !sink.0.lock().unwrap().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("a line stayed in the buffer while the logger was idle");
     }
 }
