@@ -6,13 +6,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use credproxy::config::{Apply, Rejection, Route, Upstream};
+use credproxy::config::ResolvedRoute as Route;
 use credproxy::credentials::{
-    AcsKey, AwsMaterial, Credential, CredentialCache, Material, Secret, Slot, Source, StaticKey,
+    AcsKey, AwsMaterial, Cached, Credential, Material, Secret, Source, StaticKey,
 };
-use credproxy::proxy::headers::strip_request;
+use credproxy::headers::strip_request;
 use credproxy::proxy::route::{RouteTable, upstream_uri};
-use credproxy::schemes::{AcsHmacScheme, HeaderScheme, Scheme, SigV4Scheme};
+use credproxy::schemes::{AcsHmacScheme, Apply, HeaderScheme, Rejection, Scheme, SigV4Scheme};
+use credproxy::upstream::Upstream;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::Mac;
 use http::uri::{Authority, PathAndQuery, Scheme as UriScheme};
@@ -22,13 +23,12 @@ use http_body_util::Full;
 fn route(prefix: &str, host: &str) -> Route {
     Route {
         prefix: prefix.into(),
-        upstream: Upstream {
+        upstream: Ok(Upstream {
             scheme: UriScheme::HTTPS,
             authority: Authority::from_str(host).unwrap(),
             base_path: String::new(),
-        },
+        }),
         template: None,
-        disabled: None,
         credential: 0,
     }
 }
@@ -74,7 +74,7 @@ fn route_match(c: &mut Criterion) {
     c.bench_function("route_match_and_upstream_uri_4_routes", |b| {
         b.iter(|| {
             let route = table.find(std::hint::black_box(path.path())).unwrap();
-            upstream_uri(route, &path).unwrap()
+            upstream_uri(&route.prefix, route.upstream.as_ref().unwrap(), &path).unwrap()
         })
     });
 }
@@ -85,14 +85,13 @@ fn strip_and_inject(c: &mut Criterion) {
         Apply::Header(HeaderName::from_static("x-api-key")),
         Rejection::Unauthorized,
     ));
-    let cache = CredentialCache::new(vec![Slot {
-        name: "anthropic".into(),
-        source: Source::Static(StaticKey::Literal(Secret::new(
+    let cache = Cached::new(
+        "anthropic",
+        Source::Static(StaticKey::Literal(Secret::new(
             "sk-ant-api03-0123456789abcdef0123456789abcdef",
         ))),
-        scheme: scheme.clone(),
-    }]);
-    let credential = runtime.block_on(cache.get(0)).unwrap();
+    );
+    let credential = runtime.block_on(cache.get()).unwrap();
     let headers = client_headers();
     let body = Bytes::from(vec![b'x'; 8192]);
     c.bench_function("strip_client_headers_and_inject_x_api_key", |b| {
@@ -106,7 +105,7 @@ fn strip_and_inject(c: &mut Criterion) {
     });
     c.bench_function("credential_cache_hit", |b| {
         b.to_async(&runtime)
-            .iter(|| async { cache.get(0).await.unwrap() })
+            .iter(|| async { cache.get().await.unwrap() })
     });
 }
 

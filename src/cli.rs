@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, CredentialSpec, Route};
-use crate::credentials::{GoogleChain, Lifetime, Slot};
+use crate::config::Resolved;
+use crate::credentials::Lifetime;
+use crate::kinds::ClientEnv;
 
 /// One row of the `check` table.
 #[derive(Debug)]
@@ -21,30 +22,35 @@ pub struct CheckRow {
 
 /// Fetches every credential that an enabled route uses, straight from its source, all at
 /// the same time (a slow source does not hold up the others' rows).
-pub async fn check(config: &Config) -> Vec<CheckRow> {
-    let tasks: Vec<_> = config
+pub async fn check(resolved: &Resolved) -> Vec<CheckRow> {
+    let tasks: Vec<_> = resolved
         .credentials
         .iter()
         .enumerate()
-        .map(|(index, c)| {
-            let slot = Slot::new(c);
-            let kind = c.spec.kind_name();
-            let unused = unused_reason(config, index);
+        .map(|(index, credential)| {
+            let cached = std::sync::Arc::clone(&credential.cached);
+            let kind = credential.spec.kind();
+            let unused = resolved.unused_reason(index);
             tokio::spawn(async move {
                 let (expires_in, status) = match unused {
                     Some(reason) => ("-".to_string(), Ok(Some(reason))),
-                    None => match slot.source.fetch().await {
+                    None => match cached.source().fetch().await {
                         Ok(fetched) => {
                             let via = fetched.via.map(|v| format!("via {v}"));
                             (expires_in(fetched.lifetime), Ok(via))
                         }
-                        Err(error) => ("-".to_string(), Err(error.message)),
+                        Err(error) => {
+                            if let Some(diagnostic) = error.diagnostic() {
+                                tracing::warn!(credential = %cached.name(), %error, diagnostic, "credential source failed");
+                            }
+                            ("-".to_string(), Err(error.to_string()))
+                        }
                     },
                 };
                 CheckRow {
-                    credential: slot.name,
+                    credential: cached.name().to_string(),
                     kind,
-                    source: slot.source.describe(),
+                    source: cached.source().describe(),
                     expires_in,
                     status,
                 }
@@ -56,25 +62,6 @@ pub async fn check(config: &Config) -> Vec<CheckRow> {
         rows.push(task.await.expect("a credential check panicked"));
     }
     rows
-}
-
-/// Why credential `index` is not fetched: no route uses it, or all its routes are disabled.
-pub fn unused_reason(config: &Config, index: usize) -> Option<String> {
-    let routes: Vec<&Route> = config
-        .routes()
-        .map(|(_, r)| r)
-        .filter(|r| r.credential == index)
-        .collect();
-    if routes.is_empty() {
-        return Some("unused: no route refers to it".to_string());
-    }
-    if routes.iter().all(|r| r.disabled.is_some()) {
-        return routes[0]
-            .disabled
-            .clone()
-            .map(|reason| format!("unused: its routes are disabled ({reason})"));
-    }
-    None
 }
 
 fn expires_in(lifetime: Lifetime) -> String {
@@ -155,100 +142,46 @@ pub fn base_url(addr: SocketAddr, prefix: &str) -> String {
 }
 
 /// The environment each route's clients need, as `export` lines with a comment per route.
-pub fn env_report(config: &Config) -> String {
+pub fn env_report(resolved: &Resolved) -> String {
     let mut out = String::new();
-    for (listener, route) in config.routes() {
-        let credential = &config.credentials[route.credential];
+    for (listener, route) in resolved.routes() {
+        let credential = &resolved.credentials[route.credential];
         let url = base_url(listener.addr, &route.prefix);
         let _ = writeln!(
             out,
             "# route {} -> {} (credential `{}`)",
             route.prefix,
-            route
-                .template
-                .as_deref()
-                .filter(|_| route.disabled.is_some())
-                .map_or_else(|| route.upstream.to_string(), str::to_string),
+            route.upstream_text(),
             credential.name
         );
-        if let Some(reason) = &route.disabled {
-            let _ = writeln!(out, "# disabled: {reason}\n");
+        let Some(view) = resolved.route_view(route) else {
+            let _ = writeln!(
+                out,
+                "# disabled: {}\n",
+                route.disabled().unwrap_or_default()
+            );
             continue;
-        }
-        match &credential.spec {
-            CredentialSpec::Key(_) if Slot::new(credential).scheme.is_bedrock() => {
-                bedrock_env(&mut out, &url, route)
-            }
-            CredentialSpec::Key(_) => {
+        };
+        match credential.spec.client_env(&view) {
+            ClientEnv::Anthropic => {
                 let _ = writeln!(out, "export ANTHROPIC_BASE_URL={url}");
                 let _ = writeln!(
                     out,
                     "export ANTHROPIC_AUTH_TOKEN=credproxy  # any value: credproxy removes it and applies the real key"
                 );
             }
-            CredentialSpec::Aws(_)
-                if route
-                    .upstream
-                    .authority
-                    .host()
-                    .starts_with("bedrock-runtime") =>
-            {
-                bedrock_env(&mut out, &url, route)
+            ClientEnv::Bedrock { region } => bedrock_env(&mut out, &url, region.as_deref()),
+            ClientEnv::Vertex { region, project } => {
+                vertex_env(&mut out, &url, region.as_deref(), project.as_deref())
             }
-            CredentialSpec::Google(google) if is_vertex(route) => {
-                let region = config.regions.get(route.credential).cloned().flatten();
-                vertex_env(
-                    &mut out,
-                    &url,
-                    region.as_deref(),
-                    GoogleChain::new(google.clone()).project().as_deref(),
-                );
-            }
-            CredentialSpec::Google(_) => {
-                let _ = writeln!(
-                    out,
-                    "# a Google bearer token is applied; clients send unauthenticated requests to {url}"
-                );
-            }
-            CredentialSpec::Azure(_)
-                if route.template.as_deref() == Some("{foundry_base}")
-                    || route
-                        .upstream
-                        .authority
-                        .host()
-                        .ends_with(".services.ai.azure.com") =>
-            {
-                foundry_env(&mut out, &url)
-            }
-            CredentialSpec::Azure(_) => {
-                let _ = writeln!(
-                    out,
-                    "# an Entra ID token (or key) is applied; clients send unauthenticated requests to {url}"
-                );
-            }
-            CredentialSpec::Acs(_) => {
-                let _ = writeln!(
-                    out,
-                    "# requests are signed with the ACS access key (HMAC-SHA256); clients send unsigned requests to {url}"
-                );
-            }
-            CredentialSpec::Aws(aws) => {
-                let _ = writeln!(
-                    out,
-                    "# signed with SigV4 for service `{}`; clients send unsigned requests to {url}",
-                    aws.service
-                );
+            ClientEnv::Foundry => foundry_env(&mut out, &url),
+            ClientEnv::Note(note) => {
+                let _ = writeln!(out, "# {note} to {url}");
             }
         }
         out.push('\n');
     }
     out
-}
-
-fn is_vertex(route: &Route) -> bool {
-    let host = route.upstream.authority.host();
-    host.ends_with("aiplatform.googleapis.com")
-        || (host.starts_with("aiplatform.") && host.ends_with(".rep.googleapis.com"))
 }
 
 /// Claude Code's Vertex mode through credproxy: it skips its own Google auth. The SDK
@@ -281,11 +214,11 @@ fn foundry_env(out: &mut String, url: &str) {
 }
 
 /// Claude Code's Bedrock mode through credproxy: it skips its own AWS auth.
-fn bedrock_env(out: &mut String, url: &str, route: &Route) {
+fn bedrock_env(out: &mut String, url: &str, region: Option<&str>) {
     let _ = writeln!(out, "export CLAUDE_CODE_USE_BEDROCK=1");
     let _ = writeln!(out, "export ANTHROPIC_BEDROCK_BASE_URL={url}");
     let _ = writeln!(out, "export CLAUDE_CODE_SKIP_BEDROCK_AUTH=1");
-    if let Some(region) = crate::schemes::region_from_host(route.upstream.authority.host()) {
+    if let Some(region) = region {
         let _ = writeln!(out, "export AWS_REGION={region}");
     }
 }

@@ -10,23 +10,37 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: raw serde mirror of the TOML → validated [`config::Config`]; every problem
-//!   reported at once with its file, line and column.
-//! - [`server`]: binds listeners, accepts HTTP/1.1 and h2c, shuts down gracefully.
-//! - [`proxy`]: the per-request pipeline — local-safety guard, route table, header strip,
-//!   body limit, forward, classify and retry once, errors in the Anthropic shape.
-//! - [`credentials`]: one file per credential source, the [`credentials::Secret`] type and
-//!   the cache (single-flight, refresh-ahead, serve-last-good, conditional invalidation).
+//! Bottom first; a module uses only modules above it in this list (`tests/it/layers.rs`
+//! checks it), so there is no import cycle.
+//! - [`failure`]: who must act on an error ([`failure::Side`]) and how a cause chain reads.
+//! - [`headers`]: which headers cross the proxy (hop-by-hop, client credentials).
+//! - [`upstream`]: an upstream base URL, checked.
+//! - [`fields`]: reading TOML with every value's line and column; every problem collected.
+//! - [`credentials`]: the values ([`credentials::Secret`], [`credentials::Credential`]),
+//!   one file per source, and the per-credential cache (single-flight, refresh-ahead,
+//!   serve-last-good, conditional invalidation).
 //! - [`schemes`]: one file per way of applying a credential to a request, each with the
 //!   classifier that says which upstream answers mean "this credential went bad".
+//! - [`kinds`]: one file per credential kind: its keys, their checks, its source and
+//!   scheme binding, its placeholders, its client environment.
+//! - [`config`]: raw TOML → validated [`config::Config`] → [`config::Resolved`] (the
+//!   environment read once).
 //! - [`telemetry`]: tracing set-up and the allow-listed access log.
+//! - [`proxy`]: the per-request pipeline — local-safety guard, route table, body limit,
+//!   forward, classify and retry once, errors in the Anthropic shape.
+//! - [`server`]: binds listeners, accepts HTTP/1.1 and h2c, shuts down gracefully.
 //! - [`cli`]: the `check` and `env` reports (the command line itself lives in `main.rs`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod failure;
+pub mod fields;
+pub mod headers;
+pub mod kinds;
 pub mod proxy;
 pub mod schemes;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;

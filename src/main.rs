@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use credproxy::cli;
-use credproxy::config::{Config, CredentialSpec, EMBEDDED_DEFAULT};
-use credproxy::credentials::{self, CredentialCache};
+use credproxy::config::{Config, EMBEDDED_DEFAULT, Resolved};
+use credproxy::kinds::Environment;
 use credproxy::proxy::{self, Proxy, Shared};
 use credproxy::server::{self, Bound};
 use credproxy::telemetry::{self, LogFormat};
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _log_writer = telemetry::init(&args.log_level, args.log_format);
-    let mut config = match Config::load(args.config.as_deref()) {
+    let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("credproxy: invalid configuration\n{error}");
@@ -71,43 +71,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let regions = runtime.block_on(credential_regions(&config));
-    config.resolve_templates(regions, credproxy::config::foundry_base_from_env());
+    let resolved = runtime.block_on(config.resolve(&Environment::from_process()));
     match args.command.unwrap_or(Command::Run) {
-        Command::Run => runtime.block_on(run(config)),
-        Command::Check => runtime.block_on(check(config)),
+        Command::Run => runtime.block_on(run(resolved)),
+        Command::Check => runtime.block_on(check(resolved)),
         Command::Env => {
-            print!("{}", cli::env_report(&config));
+            print!("{}", cli::env_report(&resolved));
             ExitCode::SUCCESS
         }
         Command::DefaultConfig => unreachable!("handled before logging starts"),
     }
 }
 
-/// The region of each `aws` credential, for `{region}` in upstream URLs.
-async fn credential_regions(config: &Config) -> Vec<Option<String>> {
-    let mut regions = Vec::with_capacity(config.credentials.len());
-    for credential in &config.credentials {
-        regions.push(match &credential.spec {
-            CredentialSpec::Aws(aws) => credentials::configured_region(aws).await,
-            CredentialSpec::Google(google) => google.region.clone().or_else(|| {
-                std::env::var("CLOUD_ML_REGION")
-                    .ok()
-                    .map(|r| r.trim().to_string())
-                    .filter(|r| !r.is_empty())
-            }),
-            CredentialSpec::Key(_) | CredentialSpec::Azure(_) | CredentialSpec::Acs(_) => None,
-        });
-    }
-    regions
-}
-
-async fn check(config: Config) -> ExitCode {
-    println!("config: {} (valid)", config.origin.display_name());
-    let rows = cli::check(&config).await;
+async fn check(resolved: Resolved) -> ExitCode {
+    println!("config: {} (valid)", resolved.config.origin.display_name());
+    let rows = cli::check(&resolved).await;
     print!("{}", cli::format_check(&rows));
-    for (_, route) in config.routes() {
-        if let Some(reason) = &route.disabled {
+    for (_, route) in resolved.routes() {
+        if let Some(reason) = route.disabled() {
             println!("route {} disabled: {reason}", route.prefix);
         }
     }
@@ -118,19 +99,18 @@ async fn check(config: Config) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
-    let client = match proxy::client::build(&config) {
+async fn run(resolved: Resolved) -> ExitCode {
+    let client = match proxy::client::build(&resolved) {
         Ok(client) => client,
         Err(error) => {
             eprintln!("credproxy: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let cache = CredentialCache::new(credentials::slots(&config.credentials));
-    let shared = Arc::new(Shared::new(&config, client, cache.clone()));
+    let shared = Arc::new(Shared::new(&resolved, client));
 
     let mut bound = Vec::new();
-    for listener in &config.listeners {
+    for listener in &resolved.listeners {
         let socket = match tokio::net::TcpListener::bind(listener.addr).await {
             Ok(socket) => socket,
             Err(error) => {
@@ -142,52 +122,56 @@ async fn run(config: Config) -> ExitCode {
         let routes: Vec<String> = listener
             .routes
             .iter()
-            .map(|r| match &r.disabled {
-                None => format!("{} -> {}", r.prefix, r.upstream),
-                Some(_) => format!("{} (disabled)", r.prefix),
+            .map(|r| match &r.upstream {
+                Ok(upstream) => format!("{} -> {upstream}", r.prefix),
+                Err(_) => format!("{} (disabled)", r.prefix),
             })
             .collect();
         tracing::info!(target: "credproxy::server", %addr, routes = %routes.join(", "), "listening");
-        let proxy = Arc::new(Proxy::new(Arc::clone(&shared), &config, listener, addr));
+        let proxy = Arc::new(Proxy::new(
+            Arc::clone(&shared),
+            &resolved,
+            listener.routes.clone(),
+            addr,
+        ));
         bound.push(Bound {
             listener: socket,
             proxy,
         });
     }
-    warm_up(&config, &cache);
-    server::run(bound, shutdown_signal(), config.shutdown_grace).await;
+    warm_up(&resolved);
+    server::run(bound, shutdown_signal(), resolved.config.shutdown_grace).await;
     ExitCode::SUCCESS
 }
 
 /// Fetches every credential in the background so the first request does not wait, and
 /// says at start which routes cannot work yet and why.
-fn warm_up(config: &Config, cache: &CredentialCache) {
-    for (_, route) in config.routes() {
-        if let Some(reason) = &route.disabled {
+fn warm_up(resolved: &Resolved) {
+    for (_, route) in resolved.routes() {
+        if let Some(reason) = route.disabled() {
             tracing::warn!(route = %route.prefix, "route disabled: {reason}");
         }
     }
-    for (index, slot) in cache.slots().iter().enumerate() {
-        if cli::unused_reason(config, index).is_some() {
+    for (index, credential) in resolved.credentials.iter().enumerate() {
+        if resolved.unused_reason(index).is_some() {
             continue;
         }
-        if slot.source.is_literal() {
-            tracing::warn!(credential = %slot.name,
+        let cached = Arc::clone(&credential.cached);
+        if cached.source().is_literal() {
+            tracing::warn!(credential = %cached.name(),
                 "the key is written in the config file; prefer `env`, `file` or `helper` so the file can be shared");
         }
-        let routes: Vec<String> = config
+        let routes: Vec<String> = resolved
             .routes()
-            .filter(|(_, r)| r.credential == index && r.disabled.is_none())
+            .filter(|(_, r)| r.credential == index && r.disabled().is_none())
             .map(|(l, r)| cli::base_url(l.addr, &r.prefix))
             .collect();
-        let cache = cache.clone();
-        let name = slot.name.clone();
-        let source = slot.source.describe();
         tokio::spawn(async move {
-            match cache.get(index).await {
-                Ok(_) => tracing::info!(credential = %name, %source, "credential ready"),
+            let source = cached.source().describe();
+            match cached.get().await {
+                Ok(_) => tracing::info!(credential = %cached.name(), %source, "credential ready"),
                 Err(error) => {
-                    tracing::warn!(credential = %name, %source, routes = %routes.join(", "), %error,
+                    tracing::warn!(credential = %cached.name(), %source, routes = %routes.join(", "), %error,
                     "credential not available yet; its routes answer 502 with this reason until it is")
                 }
             }

@@ -100,10 +100,6 @@ mod tests {
             (None, "c2VjcmV0a2V5MTIzNA==")
         );
         let missing = parse("endpoint=https://x.communication.azure.com;accesskeyy=1").unwrap_err();
-        assert!(
-            missing.message.contains("no accesskey"),
-            "{}",
-            missing.message
-        );
+        assert!(missing.message().contains("no accesskey"), "{}", missing);
     }
 }

@@ -3,6 +3,8 @@
 //! identity, ECS/EKS container endpoints and EC2 instance metadata — optionally assuming a
 //! role on top. The chain itself does not cache; [`super::cache`] does.
 
+use std::path::PathBuf;
+
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::ProvideRegion;
 use aws_config::profile::ProfileFileRegionProvider;
@@ -11,13 +13,23 @@ use aws_credential_types::Credentials;
 use aws_credential_types::credential_feature::AwsCredentialFeature;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_smithy_runtime_api::client::identity::Identity;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_types::region::Region;
 use tokio::sync::OnceCell;
 
 use super::{Fetched, Lifetime, Material, SourceError};
-use crate::config::AwsSpec;
+
+/// Which AWS identity to use: the chain's defaults unless named here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub profile: Option<String>,
+    /// For the chain's own calls (STS, SSO).
+    pub region: Option<String>,
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub session_name: Option<String>,
+}
 
 /// Credentials plus the signing identity made from them once per fetch.
 #[derive(Debug, Clone)]
@@ -30,13 +42,13 @@ pub struct AwsMaterial {
 
 #[derive(Debug)]
 pub struct AwsChain {
-    spec: AwsSpec,
+    spec: AwsSettings,
     /// Built on first use: loading the chain reads profile files and may be slow.
     loaded: OnceCell<(SharedCredentialsProvider, Option<Region>)>,
 }
 
 impl AwsChain {
-    pub fn new(spec: AwsSpec) -> Self {
+    pub fn new(spec: AwsSettings) -> Self {
         AwsChain {
             spec,
             loaded: OnceCell::new(),
@@ -114,25 +126,33 @@ impl AwsChain {
     }
 }
 
-/// The region for `{region}` in upstream URLs: the config, `AWS_REGION`,
-/// `AWS_DEFAULT_REGION`, then the profile file — never the instance metadata service, so
-/// start-up on a laptop does not wait on a link-local timeout.
-pub async fn configured_region(spec: &AwsSpec) -> Option<String> {
-    if let Some(region) = &spec.region {
-        return Some(region.clone());
-    }
-    for var in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
-        if let Ok(region) = std::env::var(var)
-            && !region.trim().is_empty()
-        {
-            return Some(region.trim().to_string());
-        }
-    }
-    let mut profile = ProfileFileRegionProvider::builder();
-    if let Some(name) = &spec.profile {
-        profile = profile.profile_name(name);
-    }
-    profile.build().region().await.map(|r| r.to_string())
+/// The region that `profile` names in the shared config file at `config_file`, read with
+/// aws-config's own parser; never the instance metadata service, so start-up on a laptop
+/// does not wait on a link-local timeout.
+pub async fn profile_region(profile: &str, config_file: PathBuf) -> Option<String> {
+    let files = EnvConfigFiles::builder()
+        .include_default_config_file(false)
+        .with_file(EnvConfigFileKind::Config, config_file)
+        .build();
+    ProfileFileRegionProvider::builder()
+        .profile_name(profile)
+        .profile_files(files)
+        .build()
+        .region()
+        .await
+        .map(|r| r.to_string())
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
+pub fn is_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && region.contains('-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
 }
 
 /// Which link of the chain answered, from the feature marks aws-config leaves on credentials.
@@ -165,14 +185,14 @@ fn link(credentials: &Credentials) -> Option<String> {
 }
 
 fn classify(source: &str, error: CredentialsError) -> SourceError {
-    let message = format!("{source}: {}", DisplayErrorContext(&error));
     match error {
         CredentialsError::CredentialsNotLoaded(_) => SourceError::not_configured(format!(
-            "{message}; configure AWS credentials (AWS_ACCESS_KEY_ID, a profile, SSO, a container or instance role)"
+            "{source} found no credentials; configure AWS credentials (AWS_ACCESS_KEY_ID, a profile, SSO, a container or instance role)"
         )),
-        CredentialsError::InvalidConfiguration(_) => SourceError::unrecoverable(message),
-        _ => SourceError::transient(message),
+        CredentialsError::InvalidConfiguration(_) => SourceError::unrecoverable(source),
+        _ => SourceError::transient(source),
     }
+    .caused_by(error)
 }
 
 /// Stands in when aws-config finds no chain at all (it always does with default features).

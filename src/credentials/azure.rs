@@ -24,15 +24,52 @@ use azure_identity::{
 };
 
 use super::{Fetched, Lifetime, Material, Secret, SourceError, Token};
-use crate::config::{AzureMethod, AzureSpec};
+
+/// Which Entra credential to use and for what; environment variables fill what is unset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSettings {
+    pub method: AzureMethod,
+    pub scope: String,
+    /// `https://login.microsoftonline.us` and the like; else `$AZURE_AUTHORITY_HOST`, else public.
+    pub authority_host: Option<String>,
+    /// Override `$AZURE_TENANT_ID` / `$AZURE_CLIENT_ID` (the client id also picks a
+    /// user-assigned managed identity).
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+}
+
+/// Which Entra credential to use; `Auto` tries them in the usual order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzureMethod {
+    Auto,
+    ClientSecret,
+    WorkloadIdentity,
+    ManagedIdentity,
+    AzureCli,
+    AzureDeveloperCli,
+}
+
+impl AzureMethod {
+    pub const NAMES: &[(&str, AzureMethod)] = &[
+        ("auto", AzureMethod::Auto),
+        ("client_secret", AzureMethod::ClientSecret),
+        ("workload_identity", AzureMethod::WorkloadIdentity),
+        ("managed_identity", AzureMethod::ManagedIdentity),
+        ("azure_cli", AzureMethod::AzureCli),
+        ("azure_developer_cli", AzureMethod::AzureDeveloperCli),
+    ];
+}
+
+/// The scope Claude Code asks for (Anthropic's docs also use `https://ai.azure.com/.default`).
+pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
 #[derive(Debug)]
 pub struct AzureChain {
-    spec: AzureSpec,
+    spec: AzureSettings,
 }
 
 impl AzureChain {
-    pub fn new(spec: AzureSpec) -> Self {
+    pub fn new(spec: AzureSettings) -> Self {
         AzureChain { spec }
     }
 
@@ -110,7 +147,7 @@ impl AzureChain {
 
     fn credential(&self, method: AzureMethod) -> Result<Arc<dyn TokenCredential>, SourceError> {
         let build_error = |e: azure_core::Error| {
-            SourceError::unrecoverable(format!("{}: {e}", method_name(method)))
+            SourceError::unrecoverable(method_name(method)).caused_by(AzureCause(e))
         };
         let client_options = self.client_options();
         Ok(match method {
@@ -156,9 +193,7 @@ impl AzureChain {
         let token = credential
             .get_token(&[self.spec.scope.as_str()], None)
             .await
-            .map_err(|e| {
-                SourceError::transient(format!("{}: {}", method_name(method), error_text(&e)))
-            })?;
+            .map_err(|e| SourceError::transient(method_name(method)).caused_by(AzureCause(e)))?;
         let expires = SystemTime::UNIX_EPOCH
             + Duration::from_secs(token.expires_on.unix_timestamp().max(0) as u64);
         Ok(Fetched {
@@ -176,7 +211,19 @@ fn method_name(method: AzureMethod) -> &'static str {
         .map_or("auto", |(name, _)| name)
 }
 
-/// azure_core errors carry their cause in a chain; show it, minus the troubleshooting link.
+/// An azure_core error as people read it: its own chain on one line, without the
+/// troubleshooting links it appends.
+#[derive(Debug)]
+struct AzureCause(azure_core::Error);
+
+impl std::fmt::Display for AzureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&error_text(&self.0))
+    }
+}
+
+impl std::error::Error for AzureCause {}
+
 fn error_text(error: &azure_core::Error) -> String {
     let mut text = error
         .to_string()

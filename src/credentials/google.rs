@@ -20,7 +20,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::{Fetched, Lifetime, Material, Secret, SourceError, Token};
-use crate::config::GoogleSpec;
+
+/// Which Google credentials to use and for what.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoogleSettings {
+    /// A service-account key file instead of the application-default chain.
+    pub key_file: Option<PathBuf>,
+    pub scopes: Vec<String>,
+    /// Sent as `x-goog-user-project` (billing and quota for user credentials).
+    pub quota_project: Option<String>,
+}
+
+pub const DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 /// Where gcloud's `application-default login` writes user credentials.
 const ADC_FILE: &str = ".config/gcloud/application_default_credentials.json";
@@ -29,7 +40,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct GoogleChain {
-    spec: GoogleSpec,
+    spec: GoogleSettings,
 }
 
 /// The link of the chain that will answer, decided from the environment and files alone.
@@ -43,7 +54,7 @@ enum Link {
 }
 
 impl GoogleChain {
-    pub fn new(spec: GoogleSpec) -> Self {
+    pub fn new(spec: GoogleSettings) -> Self {
         GoogleChain { spec }
     }
 
@@ -70,18 +81,8 @@ impl GoogleChain {
         }
     }
 
-    /// The project id for `credproxy env`: the config, the usual variables, the key file.
-    pub fn project(&self) -> Option<String> {
-        if let Some(project) = &self.spec.project {
-            return Some(project.clone());
-        }
-        for var in ["ANTHROPIC_VERTEX_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"] {
-            if let Ok(value) = std::env::var(var)
-                && !value.trim().is_empty()
-            {
-                return Some(value.trim().to_string());
-            }
-        }
+    /// The project a key file names, when the link in use is one (for `credproxy env`).
+    pub fn key_file_project(&self) -> Option<String> {
         match self.link().ok()? {
             Link::KeyFile(path) | Link::ApplicationCredentials(path) => read_json(&path)
                 .ok()?
@@ -137,7 +138,7 @@ impl GoogleChain {
                 let token = account
                     .token(&scopes)
                     .await
-                    .map_err(|e| failed("service account", &e))?;
+                    .map_err(|e| failed("service account", e))?;
                 (
                     token.as_str().to_string(),
                     system_time(token.expires_at().timestamp()),
@@ -147,11 +148,11 @@ impl GoogleChain {
             Link::GcloudUserCredentials => {
                 let user = ConfigDefaultCredentials::new()
                     .await
-                    .map_err(|e| failed("gcloud application-default credentials", &e))?;
+                    .map_err(|e| failed("gcloud application-default credentials", e))?;
                 let token = user
                     .token(&scopes)
                     .await
-                    .map_err(|e| failed("gcloud application-default credentials", &e))?;
+                    .map_err(|e| failed("gcloud application-default credentials", e))?;
                 (
                     token.as_str().to_string(),
                     system_time(token.expires_at().timestamp()),
@@ -175,7 +176,7 @@ impl GoogleChain {
                 })
                 .await
                 .map_err(|e| SourceError::transient(format!("gcloud CLI task failed: {e}")))?
-                .map_err(|e| failed("gcloud CLI (`gcloud auth print-access-token`; run `gcloud auth login` first)", &e))?;
+                .map_err(|e| failed("gcloud CLI (`gcloud auth print-access-token`; run `gcloud auth login` first)", e))?;
                 (
                     token.as_str().to_string(),
                     system_time(token.expires_at().timestamp()),
@@ -234,14 +235,8 @@ fn gcloud_on_path() -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("gcloud").is_file()))
 }
 
-fn failed(link: &str, error: &gcp_auth::Error) -> SourceError {
-    let mut message = format!("{link}: {error}");
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        message.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    SourceError::transient(message)
+fn failed(link: &str, error: gcp_auth::Error) -> SourceError {
+    SourceError::transient(link).caused_by(error)
 }
 
 fn system_time(unix_seconds: i64) -> SystemTime {

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::{Fetched, Lifetime, Material, Secret, SourceError, Token, abbreviate};
+use super::{Fetched, Lifetime, Material, Secret, SourceError, Token};
 
 /// More than any key or token; a helper that prints more is printing something else.
 const STDOUT_CAP: usize = 64 * 1024;
@@ -131,7 +131,7 @@ impl Helper {
         let token = Token::new(Secret::new(key)).map_err(|e| {
             fail(&format!(
                 "printed a value that {}",
-                e.message.trim_start_matches("the key ")
+                e.message().trim_start_matches("the key ")
             ))
         })?;
         tracing::debug!(helper = %abbreviate(&self.command, 60), took_ms = took.as_millis() as u64, "helper produced a key");
@@ -151,6 +151,17 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> 
         .read_to_end(&mut buf)
         .await;
     buf
+}
+
+/// Shortens text that goes into messages (helper commands can be long).
+fn abbreviate(text: &str, max_chars: usize) -> String {
+    let text = text.trim();
+    if text.chars().count() <= max_chars {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(max_chars).collect();
+        format!("{cut}…")
+    }
 }
 
 fn seconds(d: Duration) -> String {
@@ -196,7 +207,7 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.kind, super::super::FailureKind::Transient);
-        let m = err.message;
+        let m = err.to_string();
         assert!(m.contains("helper `echo; echo 'vault"), "{m}");
         assert!(m.contains("exited with status 3 after 0."), "{m}");
         assert!(m.ends_with(": vault: permission denied"), "{m}");
@@ -205,17 +216,9 @@ mod tests {
     #[tokio::test]
     async fn empty_and_multi_line_output_are_errors() {
         let empty = helper("printf '   \\n'", 5000).fetch().await.unwrap_err();
-        assert!(
-            empty.message.contains("printed nothing"),
-            "{}",
-            empty.message
-        );
+        assert!(empty.message().contains("printed nothing"), "{empty}");
         let two = helper("printf 'a\\nb\\n'", 5000).fetch().await.unwrap_err();
-        assert!(
-            two.message.contains("more than one line"),
-            "{}",
-            two.message
-        );
+        assert!(two.message().contains("more than one line"), "{}", two);
     }
 
     #[tokio::test]
@@ -225,9 +228,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.message.contains("printed more than 64 KiB"),
+            err.message().contains("printed more than 64 KiB"),
             "{}",
-            err.message
+            err
         );
     }
 
@@ -238,11 +241,7 @@ mod tests {
         // The shell starts a grandchild that would outlive a kill of the shell alone.
         let command = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
         let err = helper(&command, 300).fetch().await.unwrap_err();
-        assert!(
-            err.message.contains("timed out after 0."),
-            "{}",
-            err.message
-        );
+        assert!(err.message().contains("timed out after 0."), "{}", err);
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .unwrap()
             .trim()

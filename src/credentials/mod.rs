@@ -1,29 +1,30 @@
-//! Credentials: where they come from (one file per source kind), the [`Secret`] type, and
-//! the [`cache::CredentialCache`] that every request goes through.
+//! Credentials: the values (a [`Credential`] with its [`Material`], the [`Secret`] type),
+//! where they come from ([`Source`], one file per source), and the [`cache`] that every
+//! request asks for a current value.
 //!
-//! A source is asked for a value only by the cache: on first use, shortly before expiry
-//! (in the background), and after an upstream said the value went bad.
+//! This is the bottom of the runtime: it knows nothing of the config file, of routes or of
+//! how a value goes onto a request (that is [`crate::schemes`]). A source is asked for a
+//! value only by the cache: on first use, when the value is due for renewal (in the
+//! background), and after an upstream said the value went bad.
 
-mod acs;
-mod aws;
-mod azure;
+pub mod acs;
+pub mod aws;
+pub mod azure;
 pub mod cache;
-mod google;
-mod helper;
+pub mod google;
+pub mod helper;
 mod secret;
-mod static_key;
+pub mod static_key;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 
-use crate::config::{Apply, CredentialConfig, CredentialSpec, KeyFrom, KeySpec, Rejection};
-use crate::schemes::{AcsHmacScheme, HeaderScheme, Scheme, SigV4Scheme};
 pub use acs::AcsKey;
-pub use aws::{AwsChain, AwsMaterial, configured_region};
+pub use aws::{AwsChain, AwsMaterial};
 pub use azure::AzureChain;
-pub use cache::CredentialCache;
+pub use cache::Cached;
 pub use google::GoogleChain;
 pub use helper::Helper;
 pub use secret::Secret;
@@ -92,6 +93,22 @@ impl Token {
     }
 }
 
+impl Material {
+    /// The secret texts this value holds, to scrub them from diagnostics that a failing
+    /// source printed later (a helper that echoes its key to stderr).
+    pub fn secrets(&self) -> Vec<&str> {
+        match self {
+            Material::Token(token) => vec![token.secret().expose()],
+            Material::Aws(aws) => {
+                let mut secrets = vec![aws.credentials.secret_access_key()];
+                secrets.extend(aws.credentials.session_token());
+                secrets
+            }
+            Material::AcsKey(_) => Vec::new(),
+        }
+    }
+}
+
 /// What a source hands the cache.
 #[derive(Debug)]
 pub struct Fetched {
@@ -105,19 +122,23 @@ pub struct Fetched {
 pub enum Lifetime {
     /// Good until an upstream rejects it (a key from env, file or config).
     UntilRejected,
-    /// Our own time-to-live (a helper's output): used as is.
+    /// Our own time-to-live (a helper's output, a re-read file): renewed once it is over,
+    /// never before, so a helper runs at most once per `ttl` (plus once per rejection).
     Ttl(Duration),
-    /// The issuer's expiry: the cache stops using it a little before, to absorb clock skew.
+    /// The issuer's expiry: the cache renews ahead of it and stops using the value a
+    /// little before it, to absorb clock skew.
     IssuerExpiry(SystemTime),
 }
 
-/// Why a source could not produce a credential. The kind drives behaviour; the message
-/// is for people and never contains the secret.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
+/// Why a source could not produce a credential. The kind drives behaviour; the message and
+/// its causes are for people (clients see them in the 502) and never contain a secret; the
+/// diagnostic (what a helper printed) goes to credproxy's log only.
+#[derive(Debug, Clone)]
 pub struct SourceError {
     pub kind: FailureKind,
-    pub message: String,
+    message: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    diagnostic: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,25 +152,74 @@ pub enum FailureKind {
 }
 
 impl SourceError {
-    pub fn not_configured(message: impl Into<String>) -> Self {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         SourceError {
-            kind: FailureKind::NotConfigured,
+            kind,
             message: message.into(),
+            cause: None,
+            diagnostic: None,
         }
+    }
+
+    pub fn not_configured(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::NotConfigured, message)
     }
 
     pub fn transient(message: impl Into<String>) -> Self {
-        SourceError {
-            kind: FailureKind::Transient,
-            message: message.into(),
-        }
+        Self::new(FailureKind::Transient, message)
     }
 
     pub fn unrecoverable(message: impl Into<String>) -> Self {
-        SourceError {
-            kind: FailureKind::Unrecoverable,
-            message: message.into(),
+        Self::new(FailureKind::Unrecoverable, message)
+    }
+
+    /// The library error behind this one; its text is shown after the message.
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
+    }
+
+    /// Text for credproxy's own log only (never a response): what a helper printed.
+    pub fn with_diagnostic(mut self, diagnostic: impl Into<String>) -> Self {
+        self.diagnostic = Some(diagnostic.into());
+        self
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn diagnostic(&self) -> Option<&str> {
+        self.diagnostic.as_deref()
+    }
+
+    /// Removes every occurrence of `secrets` from the diagnostic.
+    pub fn scrub(&mut self, secrets: &[&str]) {
+        if let Some(text) = &mut self.diagnostic {
+            for secret in secrets.iter().filter(|s| s.len() >= 4) {
+                if text.contains(secret) {
+                    *text = text.replace(secret, Secret::REDACTED);
+                }
+            }
         }
+    }
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(cause) = &self.cause {
+            write!(f, ": {}", crate::failure::chain(cause.as_ref()))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -169,40 +239,6 @@ pub enum Source {
 }
 
 impl Source {
-    /// Builds the source a credential spec describes. Reads the environment once, to
-    /// resolve `helper_env`; performs no I/O.
-    pub fn from_spec(spec: &CredentialSpec) -> Source {
-        Slot::resolve(spec).0
-    }
-
-    fn from_key_spec(spec: &KeySpec) -> Source {
-        if let Some(var) = &spec.helper_env
-            && let Some(command) = std::env::var(var).ok().filter(|c| !c.trim().is_empty())
-        {
-            return Source::Helper(Helper::new(command, spec.helper_ttl, spec.helper_timeout));
-        }
-        match &spec.from {
-            Some(KeyFrom::Env(var)) => Source::Static(StaticKey::Env {
-                var: var.clone(),
-                or_helper_env: spec.helper_env.clone(),
-            }),
-            Some(KeyFrom::File { path, ttl }) => Source::Static(StaticKey::File {
-                path: path.clone(),
-                ttl: *ttl,
-            }),
-            Some(KeyFrom::Literal(secret)) => Source::Static(StaticKey::Literal(secret.clone())),
-            Some(KeyFrom::Helper(command)) => Source::Helper(Helper::new(
-                command.clone(),
-                spec.helper_ttl,
-                spec.helper_timeout,
-            )),
-            None => Source::Unavailable(format!(
-                "{} is not set; set it to a command that prints the key",
-                spec.helper_env.as_deref().unwrap_or("the helper variable")
-            )),
-        }
-    }
-
     pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         match self {
             Source::Static(source) => source.fetch().await,
@@ -215,7 +251,8 @@ impl Source {
         }
     }
 
-    /// Where the value comes from, for `credproxy check`, logs and error messages.
+    /// Where the value comes from, for `credproxy check`, logs and error messages. Never
+    /// more than a helper's program name: its arguments may hold a secret.
     pub fn describe(&self) -> String {
         match self {
             Source::Static(source) => source.describe(),
@@ -236,105 +273,37 @@ impl Source {
             _ => false,
         }
     }
-}
 
-/// A named credential: where its value comes from and how it goes onto a request.
-#[derive(Debug)]
-pub struct Slot {
-    pub name: String,
-    pub source: Source,
-    pub scheme: Scheme,
-}
-
-impl Slot {
-    pub fn new(config: &CredentialConfig) -> Slot {
-        let (source, scheme) = Self::resolve(&config.spec);
-        Slot {
-            name: config.name.clone(),
-            source,
-            scheme,
+    /// Values that never change until rejected (env, literal) are ready without a fetch
+    /// worth waiting for.
+    pub fn is_static(&self) -> bool {
+        match self {
+            Source::Static(StaticKey::Env { .. } | StaticKey::Literal(_)) => true,
+            Source::Acs(inner) => inner.is_static(),
+            _ => false,
         }
-    }
-
-    /// Source and scheme are decided together: an `aws` credential whose `bearer_env` is
-    /// set becomes a Bedrock API key, with the bearer scheme and Bedrock's classifier.
-    /// Reads the environment once; performs no I/O.
-    fn resolve(spec: &CredentialSpec) -> (Source, Scheme) {
-        match spec {
-            CredentialSpec::Key(key) => (
-                Source::from_key_spec(key),
-                Scheme::Header(HeaderScheme::new(key.apply.clone(), key.rejection)),
-            ),
-            CredentialSpec::Aws(aws) => {
-                if let Some(var) = &aws.bearer_env
-                    && std::env::var(var).is_ok_and(|v| !v.trim().is_empty())
-                {
-                    return (
-                        Source::Static(StaticKey::Env {
-                            var: var.clone(),
-                            or_helper_env: None,
-                        }),
-                        Scheme::Header(HeaderScheme::new(Apply::Bearer, Rejection::BedrockApiKey)),
-                    );
-                }
-                (
-                    Source::Aws(Box::new(AwsChain::new(aws.clone()))),
-                    Scheme::SigV4(SigV4Scheme::new(aws.service.clone(), aws.region.clone())),
-                )
-            }
-            CredentialSpec::Google(google) => {
-                let chain = GoogleChain::new(google.clone());
-                let mut scheme = HeaderScheme::new(Apply::Bearer, Rejection::Unauthorized);
-                if let Some(project) = chain.quota_project()
-                    && let Ok(value) = http::HeaderValue::from_str(&project)
-                {
-                    scheme = scheme
-                        .with_header(http::HeaderName::from_static("x-goog-user-project"), value);
-                }
-                (Source::Google(chain), Scheme::Header(scheme))
-            }
-            CredentialSpec::Azure(azure) => {
-                if let Some(var) = &azure.key_env
-                    && std::env::var(var).is_ok_and(|v| !v.trim().is_empty())
-                {
-                    return (
-                        Source::Static(StaticKey::Env {
-                            var: var.clone(),
-                            or_helper_env: None,
-                        }),
-                        Scheme::Header(HeaderScheme::new(
-                            azure.key_apply.clone(),
-                            Rejection::Unauthorized,
-                        )),
-                    );
-                }
-                (
-                    Source::Azure(AzureChain::new(azure.clone())),
-                    Scheme::Header(HeaderScheme::new(Apply::Bearer, Rejection::Unauthorized)),
-                )
-            }
-            CredentialSpec::Acs(key) => (
-                Source::Acs(Box::new(Source::from_key_spec(key))),
-                Scheme::AcsHmac(AcsHmacScheme),
-            ),
-        }
-    }
-}
-
-/// Builds one slot per configured credential, in config order.
-pub fn slots(specs: &[CredentialConfig]) -> Vec<Slot> {
-    specs.iter().map(Slot::new).collect()
-}
-
-/// Shortens text that goes into messages (helper commands can be long).
-pub(crate) fn abbreviate(text: &str, max_chars: usize) -> String {
-    let text = text.trim();
-    if text.chars().count() <= max_chars {
-        text.to_string()
-    } else {
-        let cut: String = text.chars().take(max_chars).collect();
-        format!("{cut}…")
     }
 }
 
 pub type SharedCredential = Arc<Credential>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_shown_and_a_diagnostic_is_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = SourceError::transient("metadata server")
+            .caused_by(io)
+            .with_diagnostic("helper said sk-secret-1234 on stderr");
+        assert_eq!(error.to_string(), "metadata server: refused");
+        let mut scrubbed = error.clone();
+        scrubbed.scrub(&["sk-secret-1234"]);
+        assert_eq!(
+            scrubbed.diagnostic(),
+            Some("helper said ** redacted ** on stderr")
+        );
+        assert!(std::error::Error::source(&error).is_some());
+    }
+}

@@ -12,20 +12,22 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
-use crate::config::Config;
+use crate::config::Resolved;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the client. Fails only on an unreadable `ca_file`; a machine without system roots
 /// gets a warning (https upstreams will then fail with a certificate error).
-pub fn build(config: &Config) -> Result<UpstreamClient, String> {
+pub fn build(resolved: &Resolved) -> Result<UpstreamClient, String> {
+    let config = &resolved.config;
+    let ca_file = resolved.ca_file.as_deref();
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(native.certs);
-    if added == 0 && config.ca_file.is_none() {
+    if added == 0 && ca_file.is_none() {
         tracing::warn!("no system root certificates found; https upstreams will fail to verify");
     }
-    if let Some(path) = &config.ca_file {
+    if let Some(path) = ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
         let certs = rustls_pemfile::certs(&mut pem.as_slice())

@@ -11,24 +11,8 @@ use http_body_util::{Either, Full};
 
 use super::ResponseBody;
 use crate::credentials::SourceError;
-
-/// Who has to act for the request to succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    CredentialSource,
-    Upstream,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::CredentialSource => "credential",
-            Side::Upstream => "upstream",
-        }
-    }
-}
+use crate::failure::{Side, chain};
+use crate::schemes::ApplyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -67,13 +51,13 @@ pub enum ProxyError {
     Apply {
         route: String,
         credential: String,
-        cause: String,
+        cause: ApplyError,
     },
-    #[error("route `{route}` could not reach {upstream}: {cause}")]
+    #[error("route `{route}` could not reach {upstream}: {}", chain(.cause.as_ref()))]
     UpstreamUnreachable {
         route: String,
         upstream: String,
-        cause: String,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("route `{route}`: {upstream} did not answer within {}", humantime::format_duration(*.waited))]
     UpstreamTimeout {

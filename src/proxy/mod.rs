@@ -5,17 +5,17 @@
 //!    `CONNECT` and `TRACE` are refused.
 //! 3. [`route`]: longest prefix → upstream and credential, or 404.
 //! 4. [`body`]: buffer the request body up to `max_body`, or 413.
-//! 5. [`headers`]: strip client credentials and hop-by-hop headers.
-//! 6. Attempt: get the credential from the cache, apply the scheme, send. If the scheme's
-//!    classifier calls the answer an auth failure, drop it unseen, invalidate that value,
-//!    and replay once with a fresh one; the second answer goes back whatever it is.
+//! 5. [`crate::headers`]: strip client credentials and hop-by-hop headers.
+//! 6. Forward: one attempt — get the credential from its cache, apply the scheme, send.
+//!    If the scheme's classifier calls the answer an auth failure, it is dropped unseen,
+//!    the value invalidated (or only the signature renewed), and the request replayed
+//!    once; the second answer goes back whatever it is.
 //! 7. Stream the response back frame by frame; nothing is buffered.
 
 pub mod body;
 pub mod client;
 pub mod error;
 pub mod guard;
-pub mod headers;
 pub mod route;
 
 use std::net::SocketAddr;
@@ -27,8 +27,9 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::{Config, Route};
-use crate::credentials::CredentialCache;
+use crate::config::{Resolved, ResolvedRoute};
+use crate::credentials::{Cached, SharedCredential};
+use crate::headers;
 use crate::schemes::{Scheme, Verdict};
 use crate::telemetry::AccessLog;
 pub use client::UpstreamClient;
@@ -39,22 +40,37 @@ use route::RouteTable;
 /// What the client receives: the upstream's body as it streams, or one of ours.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
+/// A credential as requests use it: its cached value and how it goes onto a request.
+#[derive(Debug)]
+pub struct Credential {
+    pub cached: Arc<Cached>,
+    pub scheme: Scheme,
+}
+
 /// State shared by every listener.
 #[derive(Debug)]
 pub struct Shared {
     pub client: UpstreamClient,
-    pub credentials: CredentialCache,
+    /// Same order as the config's credentials; routes refer to them by index.
+    pub credentials: Vec<Credential>,
     pub max_body: usize,
     pub upstream_timeout: Duration,
 }
 
 impl Shared {
-    pub fn new(config: &Config, client: UpstreamClient, credentials: CredentialCache) -> Self {
+    pub fn new(resolved: &Resolved, client: UpstreamClient) -> Self {
         Shared {
             client,
-            credentials,
-            max_body: config.max_body,
-            upstream_timeout: config.upstream_timeout,
+            credentials: resolved
+                .credentials
+                .iter()
+                .map(|c| Credential {
+                    cached: Arc::clone(&c.cached),
+                    scheme: c.scheme.clone(),
+                })
+                .collect(),
+            max_body: resolved.config.max_body,
+            upstream_timeout: resolved.config.upstream_timeout,
         }
     }
 }
@@ -67,17 +83,23 @@ pub struct Proxy {
     guard: Guard,
 }
 
+/// One upstream answer, with the credential value that was applied to its request.
+struct Attempt {
+    response: Response<Incoming>,
+    credential: SharedCredential,
+}
+
 impl Proxy {
     pub fn new(
         shared: Arc<Shared>,
-        config: &Config,
-        listener: &crate::config::Listener,
+        resolved: &Resolved,
+        routes: Vec<ResolvedRoute>,
         bound: SocketAddr,
     ) -> Self {
         Proxy {
             shared,
-            routes: RouteTable::new(listener.routes.clone()),
-            guard: Guard::new(config.guard.clone(), bound),
+            routes: RouteTable::new(routes),
+            guard: Guard::new(resolved.config.guard.clone(), bound),
         }
     }
 
@@ -118,123 +140,134 @@ impl Proxy {
                 path: parts.uri.path().chars().take(200).collect(),
                 prefixes: self.routes.prefixes().to_string(),
             })?;
+        let credential = &self.shared.credentials[route.credential];
         log.route = Some(&route.prefix);
-        log.credential = Some(&self.shared.credentials.slot(route.credential).name);
-        if let Some(reason) = &route.disabled {
-            return Err(ProxyError::RouteDisabled {
+        log.credential = Some(credential.cached.name());
+        let upstream = route
+            .upstream
+            .as_ref()
+            .map_err(|reason| ProxyError::RouteDisabled {
                 route: route.prefix.clone(),
                 reason: reason.clone(),
-            });
-        }
+            })?;
         let body = body::read_limited(&parts.headers, body, self.shared.max_body).await?;
         headers::strip_request(&mut parts.headers);
-        self.forward(route, parts, body, log).await
-    }
-
-    /// Sends the request, and once more if the first answer was an auth failure.
-    async fn forward(
-        &self,
-        route: &Route,
-        parts: http::request::Parts,
-        body: Bytes,
-        log: &mut AccessLog<'_>,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        let shared = &*self.shared;
-        let scheme = &shared.credentials.slot(route.credential).scheme;
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let uri = route::upstream_uri(route, &path_and_query).map_err(|e| {
+        parts.uri = route::upstream_uri(&route.prefix, upstream, &path_and_query).map_err(|e| {
             ProxyError::UpstreamUnreachable {
                 route: route.prefix.clone(),
-                upstream: route.upstream.to_string(),
-                cause: format!("the upstream URI could not be formed: {e}"),
+                upstream: upstream.to_string(),
+                cause: format!("the upstream URI could not be formed: {e}").into(),
             }
         })?;
-        let credential_error = |cause| {
-            let slot = shared.credentials.slot(route.credential);
-            ProxyError::Credential {
-                route: route.prefix.clone(),
-                credential: slot.name.clone(),
-                source_name: slot.source.describe(),
-                cause,
-            }
-        };
-        for attempt in 1..=2u32 {
-            log.attempts = attempt;
-            let credential = shared
-                .credentials
-                .get(route.credential)
+        self.forward(route, credential, parts, body, log).await
+    }
+
+    /// Sends the request; when the answer says the credential (or its signature) went bad,
+    /// renews it and sends once more. The second answer goes back whatever it is.
+    async fn forward(
+        &self,
+        route: &ResolvedRoute,
+        credential: &Credential,
+        parts: http::request::Parts,
+        body: Bytes,
+        log: &mut AccessLog<'_>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        log.attempts = 1;
+        let first = self.attempt(route, credential, &parts, &body, log).await?;
+        let (response, verdict) =
+            classify(&credential.scheme, first.response)
                 .await
-                .map_err(credential_error)?;
-            let mut upstream_request = Request::new(Full::new(body.clone()));
-            *upstream_request.method_mut() = parts.method.clone();
-            *upstream_request.uri_mut() = uri.clone();
-            *upstream_request.headers_mut() = parts.headers.clone();
-            scheme
-                .apply(&mut upstream_request, &body, &credential)
-                .map_err(|e| ProxyError::Apply {
+                .map_err(|e| ProxyError::UpstreamUnreachable {
                     route: route.prefix.clone(),
-                    credential: shared.credentials.slot(route.credential).name.clone(),
-                    cause: e.0,
+                    upstream: route.upstream_text(),
+                    cause: format!(
+                        "its answer could not be read: {}",
+                        crate::failure::chain(&e)
+                    )
+                    .into(),
                 })?;
-            let sent = Instant::now();
-            let response = self.send(route, upstream_request).await?;
-            log.upstream = Some(sent.elapsed());
-            if attempt == 2 {
-                return Ok(deliver(response));
+        match verdict {
+            Verdict::Deliver | Verdict::Inspect { .. } => return Ok(response),
+            Verdict::Resign => {
+                tracing::debug!(route = %route.prefix, "upstream rejected the signature; signing again");
             }
-            let (response, verdict) =
-                classify(scheme, response)
-                    .await
-                    .map_err(|e| ProxyError::UpstreamUnreachable {
-                        route: route.prefix.clone(),
-                        upstream: route.upstream.to_string(),
-                        cause: format!("its answer could not be read: {}", error_chain(&e)),
-                    })?;
-            match verdict {
-                Verdict::Deliver | Verdict::Inspect { .. } => return Ok(response),
-                Verdict::Resign => {
-                    tracing::debug!(route = %route.prefix, "upstream rejected the signature; signing again");
-                }
-                Verdict::Refresh => {
-                    tracing::info!(route = %route.prefix, credential = %shared.credentials.slot(route.credential).name,
-                        status = response.status().as_u16(), "upstream rejected the credential; refreshing and replaying once");
-                    shared
-                        .credentials
-                        .invalidate(route.credential, &credential)
-                        .await;
-                }
+            Verdict::Refresh => {
+                tracing::info!(route = %route.prefix, credential = %credential.cached.name(),
+                    status = response.status().as_u16(), "upstream rejected the credential; refreshing and replaying once");
+                credential.cached.invalidate(&first.credential);
             }
         }
-        unreachable!("the second attempt always returns")
+        drop(response);
+        log.attempts = 2;
+        let second = self.attempt(route, credential, &parts, &body, log).await?;
+        Ok(deliver(second.response))
+    }
+
+    /// One try: a current credential value, applied afresh, and the upstream's answer.
+    async fn attempt(
+        &self,
+        route: &ResolvedRoute,
+        credential: &Credential,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        log: &mut AccessLog<'_>,
+    ) -> Result<Attempt, ProxyError> {
+        let value = credential
+            .cached
+            .get()
+            .await
+            .map_err(|cause| ProxyError::Credential {
+                route: route.prefix.clone(),
+                credential: credential.cached.name().to_string(),
+                source_name: credential.cached.source().describe(),
+                cause,
+            })?;
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        credential
+            .scheme
+            .apply(&mut request, body, &value)
+            .map_err(|cause| ProxyError::Apply {
+                route: route.prefix.clone(),
+                credential: credential.cached.name().to_string(),
+                cause,
+            })?;
+        let sent = Instant::now();
+        let response = self.send(route, request).await?;
+        log.upstream = Some(sent.elapsed());
+        Ok(Attempt {
+            response,
+            credential: value,
+        })
     }
 
     async fn send(
         &self,
-        route: &Route,
+        route: &ResolvedRoute,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let waited = self.shared.upstream_timeout;
+        let timeout = || ProxyError::UpstreamTimeout {
+            route: route.prefix.clone(),
+            upstream: route.upstream_text(),
+            waited,
+        };
         match tokio::time::timeout(waited, self.shared.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if is_timeout(&error) => Err(ProxyError::UpstreamTimeout {
-                route: route.prefix.clone(),
-                upstream: route.upstream.to_string(),
-                waited,
-            }),
+            Ok(Err(error)) if is_timeout(&error) => Err(timeout()),
             Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable {
                 route: route.prefix.clone(),
-                upstream: route.upstream.to_string(),
-                cause: error_chain(&error),
+                upstream: route.upstream_text(),
+                cause: Box::new(error),
             }),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                route: route.prefix.clone(),
-                upstream: route.upstream.to_string(),
-                waited,
-            }),
+            Err(_) => Err(timeout()),
         }
     }
 }
@@ -288,19 +321,4 @@ fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
-}
-
-/// `client error (Connect): tcp connect error: Connection refused (os error 111)`.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(e) = current {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        current = e.source();
-    }
-    text
 }

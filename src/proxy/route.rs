@@ -7,7 +7,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::Uri;
 use http::uri::{InvalidUriParts, PathAndQuery};
 
-use crate::config::Route;
+use crate::config::ResolvedRoute as Route;
+use crate::upstream::Upstream;
 
 #[derive(Debug)]
 pub struct RouteTable {
@@ -52,15 +53,18 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// The upstream URI for a request: the route's base path followed by the request's path
 /// after the prefix, and the query, byte for byte as received (nothing is decoded or
 /// re-encoded).
-pub fn upstream_uri(route: &Route, request: &PathAndQuery) -> Result<Uri, InvalidUriParts> {
-    let upstream = &route.upstream;
-    let rest = if route.prefix == "/" {
+pub fn upstream_uri(
+    prefix: &str,
+    upstream: &Upstream,
+    request: &PathAndQuery,
+) -> Result<Uri, InvalidUriParts> {
+    let rest = if prefix == "/" {
         request.as_str()
     } else {
-        &request.as_str()[route.prefix.len()..]
+        &request.as_str()[prefix.len()..]
     };
     let path_and_query = if upstream.base_path.is_empty() && rest.starts_with('/') {
-        if route.prefix == "/" {
+        if prefix == "/" {
             request.clone()
         } else {
             from_parts(&[rest])
@@ -97,27 +101,30 @@ mod tests {
     use http::uri::{Authority, Scheme};
 
     use super::*;
-    use crate::config::Upstream;
 
     fn route(prefix: &str, upstream: &str) -> Route {
         let uri = Uri::from_str(upstream).unwrap();
         Route {
             prefix: prefix.to_string(),
-            upstream: Upstream {
+            upstream: Ok(Upstream {
                 scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTPS),
                 authority: Authority::from_str(uri.authority().unwrap().as_str()).unwrap(),
                 base_path: uri.path().trim_end_matches('/').to_string(),
-            },
+            }),
             template: None,
-            disabled: None,
             credential: 0,
         }
     }
 
     fn forwarded(route: &Route, path: &str) -> String {
-        upstream_uri(route, &PathAndQuery::from_str(path).unwrap())
-            .unwrap()
-            .to_string()
+        let upstream = route.upstream.as_ref().unwrap();
+        upstream_uri(
+            &route.prefix,
+            upstream,
+            &PathAndQuery::from_str(path).unwrap(),
+        )
+        .unwrap()
+        .to_string()
     }
 
     #[test]

@@ -7,8 +7,34 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 
 use super::{ApplyError, Verdict};
-use crate::config::{Apply, Rejection};
 use crate::credentials::{Credential, Material};
+
+/// How a key goes onto the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Apply {
+    /// The key alone as the value of this header (`x-api-key`, `api-key`, ...).
+    Header(HeaderName),
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+}
+
+impl std::fmt::Display for Apply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Apply::Header(name) => write!(f, "{name}"),
+            Apply::Bearer => f.write_str("authorization: Bearer"),
+        }
+    }
+}
+
+/// How an upstream says a key went bad; decides which answers trigger refresh-and-replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Any 401 (Anthropic, Azure, most bearer APIs).
+    Unauthorized,
+    /// Bedrock API keys: 403 whose body starts `{"Message":"Authentication failed` (and 401).
+    BedrockApiKey,
+}
 
 #[derive(Debug, Clone)]
 pub struct HeaderScheme {

@@ -15,7 +15,7 @@ use http_body_util::Full;
 
 use crate::credentials::Credential;
 pub use acs_hmac::AcsHmacScheme;
-pub use header::HeaderScheme;
+pub use header::{Apply, HeaderScheme, Rejection};
 pub use sigv4::{SigV4Scheme, region_from_host};
 
 #[derive(Debug, Clone)]

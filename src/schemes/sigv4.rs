@@ -19,7 +19,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 
 use super::{ApplyError, Verdict};
-use crate::config::is_region;
+use crate::credentials::aws::is_region;
 use crate::credentials::{Credential, Material};
 
 /// Error bodies of AWS JSON services are small; a larger 403 is not an auth failure.

@@ -13,7 +13,7 @@ pub use batched::FlushGuard;
 use http::{Method, StatusCode, Uri};
 use tracing_subscriber::EnvFilter;
 
-use crate::proxy::error::Side;
+use crate::failure::Side;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

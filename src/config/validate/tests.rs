@@ -1,4 +1,21 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
 use super::*;
+use crate::config::{DEFAULT_LISTEN, EMBEDDED_DEFAULT, Resolved};
+use crate::credentials::azure::AzureMethod;
+use crate::credentials::google::DEFAULT_SCOPE as DEFAULT_GOOGLE_SCOPE;
+use crate::fields::Problem;
+use crate::kinds::Environment;
+use crate::kinds::api_key::KeySpec;
+use crate::kinds::aws::AwsSpec;
+use crate::kinds::azure::AzureSpec;
+use crate::kinds::google::GoogleSpec;
+use crate::kinds::key_source::KeyFrom;
+use crate::kinds::vertex_host;
+use crate::schemes::{Apply, Rejection};
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(
@@ -11,10 +28,42 @@ fn problems(text: &str) -> Vec<Problem> {
     parse(text).expect_err("config should be rejected").problems
 }
 
+fn spec<T: 'static>(config: &Config, index: usize) -> &T {
+    let any: &dyn std::any::Any = config.credentials[index].spec.as_ref();
+    any.downcast_ref::<T>()
+        .unwrap_or_else(|| panic!("not that kind: {:?}", config.credentials[index].spec))
+}
+
 fn key_spec(config: &Config, index: usize) -> &KeySpec {
-    match &config.credentials[index].spec {
-        CredentialSpec::Key(key) => key,
-        other => panic!("not a key credential: {other:?}"),
+    spec(config, index)
+}
+
+/// Resolves against an environment holding just `vars`.
+fn resolve(config: Config, vars: &[(&str, &str)]) -> Resolved {
+    let env = Environment::from_pairs(vars.iter().copied());
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(config.resolve(&env))
+}
+
+fn upstream_of(resolved: &Resolved, prefix: &str) -> Result<String, String> {
+    let route = resolved
+        .routes()
+        .map(|(_, r)| r)
+        .find(|r| r.prefix == prefix)
+        .unwrap();
+    route
+        .upstream
+        .as_ref()
+        .map(|u| u.to_string())
+        .map_err(Clone::clone)
+}
+
+fn fixed(route: &crate::config::Route) -> &crate::upstream::Upstream {
+    match &route.upstream {
+        UpstreamSpec::Fixed(upstream) => upstream,
+        UpstreamSpec::Template(t) => panic!("a template: {t}"),
     }
 }
 
@@ -35,12 +84,15 @@ fn embedded_default_is_valid() {
     assert_eq!(config.listeners.len(), 1);
     assert_eq!(config.listeners[0].addr.to_string(), DEFAULT_LISTEN);
     assert_eq!(
-        config.listeners[0].routes[0].upstream.to_string(),
+        fixed(&config.listeners[0].routes[0]).to_string(),
         "https://api.anthropic.com"
     );
     let key = key_spec(&config, 0);
-    assert_eq!(key.helper_env.as_deref(), Some("CREDPROXY_API_KEY_HELPER"));
-    assert!(matches!(&key.from, Some(KeyFrom::Env(v)) if v == "ANTHROPIC_API_KEY"));
+    assert_eq!(
+        key.source.helper_env.as_deref(),
+        Some("CREDPROXY_API_KEY_HELPER")
+    );
+    assert!(matches!(&key.source.from, Some(KeyFrom::Env(v)) if v == "ANTHROPIC_API_KEY"));
 }
 
 #[test]
@@ -66,7 +118,7 @@ fn minimal_config_gets_defaults() {
         key.apply,
         Apply::Header(HeaderName::from_static("x-api-key"))
     );
-    assert_eq!(key.helper_ttl, Duration::from_secs(300));
+    assert_eq!(key.source.helper_ttl, Duration::from_secs(300));
 }
 
 #[test]
@@ -171,11 +223,11 @@ fn routes_group_by_listener() {
         .map(|r| r.prefix.as_str())
         .collect();
     assert_eq!(main, ["/", "/v1/special"]);
-    assert_eq!(config.listeners[0].routes[1].upstream.base_path, "/base");
+    assert_eq!(fixed(&config.listeners[0].routes[1]).base_path, "/base");
     let own = &config.listeners[1];
     assert_eq!(own.addr.to_string(), "127.0.0.1:9999");
     assert_eq!(
-        own.routes[0].upstream.authority.as_str(),
+        fixed(&own.routes[0]).authority.as_str(),
         "api.anthropic.com",
         "default port dropped"
     );
@@ -237,7 +289,7 @@ fn key_sources_must_make_sense() {
     );
     assert!(only("env = \"K\"\nhelper_timeout = \"5s\"").is_err());
     let helper = only("helper = \"cat ~/.key\"\nttl = \"90s\"\nhelper_timeout = \"5s\"").unwrap();
-    let key = key_spec(&helper, 0);
+    let key = &key_spec(&helper, 0).source;
     assert_eq!(
         (key.helper_ttl, key.helper_timeout),
         (Duration::from_secs(90), Duration::from_secs(5))
@@ -245,7 +297,7 @@ fn key_sources_must_make_sense() {
     let file = only("file = \"keys/anthropic\"").unwrap();
     let key = key_spec(&file, 0);
     assert!(
-        matches!(&key.from, Some(KeyFrom::File { path, .. }) if path == Path::new("/etc/credproxy/keys/anthropic"))
+        matches!(&key.source.from, Some(KeyFrom::File { path, .. }) if path.as_written() == Path::new("/etc/credproxy/keys/anthropic"))
     );
     let literal = only("value = \"sk-literal\"").unwrap();
     assert!(
@@ -267,10 +319,8 @@ credential = "aws"
 #[test]
 fn aws_credentials_take_their_own_keys_only() {
     let config = parse(&AWS.replace("kind = \"aws\"", "kind = \"aws\"\nprofile = \"dev\"\nregion = \"eu-west-1\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nexternal_id = \"x\"\nservice = \"bedrock-mantle\"")).unwrap();
-    let CredentialSpec::Aws(aws) = &config.credentials[0].spec else {
-        panic!("not aws")
-    };
-    assert_eq!(aws.profile.as_deref(), Some("dev"));
+    let aws: &AwsSpec = spec(&config, 0);
+    assert_eq!(aws.settings.profile.as_deref(), Some("dev"));
     assert_eq!(aws.service, "bedrock-mantle");
 
     let p = problems(&AWS.replace("kind = \"aws\"", "kind = \"aws\"\nenv = \"AWS_KEY\""));
@@ -307,19 +357,43 @@ fn aws_credentials_take_their_own_keys_only() {
 
 #[test]
 fn region_placeholders_are_filled_in_or_the_route_is_disabled() {
-    let mut config = parse(AWS).unwrap();
-    assert!(config.listeners[0].routes[0].template.is_some());
-    config.resolve_templates(vec![Some("ap-south-1".into())], None);
-    let route = &config.listeners[0].routes[0];
+    let config = parse(AWS).unwrap();
+    assert!(matches!(
+        config.listeners[0].routes[0].upstream,
+        UpstreamSpec::Template(_)
+    ));
+    let resolved = resolve(config, &[("AWS_REGION", "ap-south-1")]);
     assert_eq!(
-        route.upstream.to_string(),
+        upstream_of(&resolved, "/bedrock").unwrap(),
         "https://bedrock-runtime.ap-south-1.amazonaws.com"
     );
-    assert!(route.disabled.is_none());
 
-    let mut config = parse(AWS).unwrap();
-    config.resolve_templates(vec![None], None);
-    let reason = config.listeners[0].routes[0].disabled.clone().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let no_profile = home.path().join("none").display().to_string();
+    let resolved = resolve(
+        parse(AWS).unwrap(),
+        &[("AWS_CONFIG_FILE", no_profile.as_str())],
+    );
+    let reason = upstream_of(&resolved, "/bedrock").unwrap_err();
+    assert!(reason.contains("set AWS_REGION"), "{reason}");
+
+    // The profile's region, from the config file the environment names.
+    let config_file = home.path().join("config");
+    std::fs::write(&config_file, "[profile dev]\nregion = eu-north-1\n").unwrap();
+    let config_file = config_file.display().to_string();
+    let resolved = resolve(
+        parse(AWS).unwrap(),
+        &[
+            ("AWS_CONFIG_FILE", config_file.as_str()),
+            ("AWS_PROFILE", "dev"),
+        ],
+    );
+    assert_eq!(
+        upstream_of(&resolved, "/bedrock").unwrap(),
+        "https://bedrock-runtime.eu-north-1.amazonaws.com"
+    );
+    let resolved = resolve(parse(AWS).unwrap(), &[]);
+    let reason = upstream_of(&resolved, "/bedrock").unwrap_err();
     assert!(reason.contains("set AWS_REGION"), "{reason}");
 
     let p = problems(&MINIMAL.replace("https://api.anthropic.com", "https://{region}.example.com"));
@@ -339,6 +413,7 @@ fn bedrock_api_keys_default_to_bearer() {
         (key.apply.clone(), key.rejection),
         (Apply::Bearer, Rejection::BedrockApiKey)
     );
+    assert_eq!(config.credentials[0].spec.kind(), "bedrock_api_key");
 }
 
 #[test]
@@ -356,19 +431,17 @@ prefix = "/vertex"
 upstream = "https://{vertex_host}"
 credential = "google"
 "#;
-    let mut config = parse(text).unwrap();
-    let CredentialSpec::Google(google) = &config.credentials[0].spec else {
-        panic!("not google")
-    };
+    let config = parse(text).unwrap();
+    let google: &GoogleSpec = spec(&config, 0);
     assert_eq!(
-        google.key_file.as_deref(),
+        google.key_file.as_ref().map(|p| p.as_written()),
         Some(Path::new("/etc/credproxy/sa.json"))
     );
     assert_eq!(google.scopes.len(), 2);
     assert_eq!(google.quota_project.as_deref(), Some("billing"));
-    config.resolve_templates(vec![Some("europe-west1".into())], None);
+    let resolved = resolve(config, &[("CLOUD_ML_REGION", "europe-west1")]);
     assert_eq!(
-        config.listeners[0].routes[0].upstream.to_string(),
+        upstream_of(&resolved, "/vertex").unwrap(),
         "https://europe-west1-aiplatform.googleapis.com"
     );
 
@@ -377,9 +450,7 @@ credential = "google"
         "",
     ))
     .unwrap();
-    let CredentialSpec::Google(google) = &default_scope.credentials[0].spec else {
-        panic!("not google")
-    };
+    let google: &GoogleSpec = spec(&default_scope, 0);
     assert_eq!(google.scopes, [DEFAULT_GOOGLE_SCOPE]);
 
     let p = problems(&text.replace("\"openid\"", "\"two words\"").replace(
@@ -442,46 +513,28 @@ prefix = "/acs"
 upstream = "https://res.communication.azure.com"
 credential = "acs"
 "#;
-    let mut config = parse(text).unwrap();
-    let CredentialSpec::Azure(azure) = &config.credentials[1].spec else {
-        panic!("not azure")
-    };
-    assert_eq!(azure.method, AzureMethod::ManagedIdentity);
+    let config = parse(text).unwrap();
+    let azure: &AzureSpec = spec(&config, 1);
+    assert_eq!(azure.settings.method, AzureMethod::ManagedIdentity);
     assert_eq!(
-        azure.authority_host.as_deref(),
+        azure.settings.authority_host.as_deref(),
         Some("https://login.microsoftonline.us")
     );
     assert_eq!(
         azure.key_apply,
         Apply::Header(HeaderName::from_static("x-api-key"))
     );
-    assert!(matches!(config.credentials[0].spec, CredentialSpec::Acs(_)));
-    config.resolve_templates(
-        vec![None, None],
-        Some("https://r.services.ai.azure.com/anthropic".into()),
-    );
-    let foundry = config.listeners[0]
-        .routes
-        .iter()
-        .find(|r| r.prefix == "/foundry")
-        .unwrap();
+    assert_eq!(config.credentials[0].spec.kind(), "acs");
+    let resolved = resolve(config, &[("ANTHROPIC_FOUNDRY_RESOURCE", "r")]);
     assert_eq!(
-        foundry.upstream.to_string(),
+        upstream_of(&resolved, "/foundry").unwrap(),
         "https://r.services.ai.azure.com/anthropic"
     );
 
-    let mut unset = parse(text).unwrap();
-    unset.resolve_templates(vec![None, None], None);
-    let foundry = unset.listeners[0]
-        .routes
-        .iter()
-        .find(|r| r.prefix == "/foundry")
-        .unwrap();
+    let unset = resolve(parse(text).unwrap(), &[]);
     assert!(
-        foundry
-            .disabled
-            .as_deref()
-            .unwrap()
+        upstream_of(&unset, "/foundry")
+            .unwrap_err()
             .contains("ANTHROPIC_FOUNDRY_RESOURCE")
     );
 

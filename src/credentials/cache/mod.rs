@@ -1,42 +1,49 @@
-//! The cache every request asks for a credential.
+//! The cache every request asks for a credential: one [`Cached`] cell per credential,
+//! holding its source and its current value.
 //!
-//! - **Expiry-aware**: an entry lives until its credential's expiry (minus a skew for
+//! - **Expiry-aware**: a value is used until its credential's expiry (minus a skew for
 //!   issuer expiries); a key with no expiry lives until an upstream rejects it.
 //! - **Single-flight**: concurrent requests for a cold or expired credential share one
-//!   fetch (moka's `try_get_with`); an error reaches every waiter and is not cached.
+//!   fetch; an error reaches every request that waited for that fetch and is not kept.
 //! - **Refresh-ahead**: once three quarters of a value's life has passed, the first request
 //!   to notice starts one background fetch and carries on with the current value, so in
 //!   steady state no request waits for a source.
 //! - **Serve-last-good**: when that background fetch fails, the current value keeps being
 //!   served until it expires, and the refresh is tried again after a pause.
-//! - **Conditional invalidation**: an auth failure removes the entry only if it still holds
-//!   the value that failed, so a late rejection cannot throw away a newer value.
-//! - **Isolation**: each credential is its own key; a slow source delays only requests that
-//!   need that credential.
+//! - **Conditional invalidation**: an auth failure drops the value only if it is still the
+//!   one that failed, so a late rejection cannot throw away a newer value.
+//! - **Isolation**: each credential is its own cell; a slow source delays only requests
+//!   that need that credential.
+//!
+//! Reading a current value is a lock-free load; only fetches take the cell's lock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use moka::Expiry;
-use moka::future::Cache;
-use moka::ops::compute::Op;
+use arc_swap::ArcSwapOption;
 
-use super::{Credential, Fetched, Lifetime, SharedCredential, Slot, SourceError};
+use super::{Credential, Fetched, Lifetime, SharedCredential, Source, SourceError};
 
 /// How much earlier than the issuer's expiry a value stops being used, at most.
 const MAX_SKEW: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Debug)]
-pub struct CredentialCache {
-    inner: Arc<Inner>,
-}
+/// Unique across every cell, so a generation names one fetched value.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// One credential: its name, its source, and its current value.
 #[derive(Debug)]
-struct Inner {
-    cache: Cache<usize, Arc<Entry>>,
-    slots: Vec<Slot>,
-    generation: AtomicU64,
+pub struct Cached {
+    name: String,
+    source: Source,
+    current: ArcSwapOption<Entry>,
+    /// Held by whoever is fetching (a cold request or a background refresh).
+    fetching: tokio::sync::Mutex<()>,
+    /// Fetches finished so far; a request that waited for the lock compares it to learn
+    /// whether the fetch it waited for has already answered.
+    fetches: AtomicU64,
+    /// The error of the last fetch when it failed, with that fetch's number.
+    last_failure: Mutex<Option<(u64, Arc<SourceError>)>>,
 }
 
 #[derive(Debug)]
@@ -47,145 +54,168 @@ struct Entry {
     refreshing: AtomicBool,
 }
 
-struct EntryExpiry;
-
-impl Expiry<usize, Arc<Entry>> for EntryExpiry {
-    fn expire_after_create(&self, _: &usize, entry: &Arc<Entry>, now: Instant) -> Option<Duration> {
-        entry
-            .valid_until
-            .map(|until| until.saturating_duration_since(now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &usize,
-        entry: &Arc<Entry>,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        entry
-            .valid_until
-            .map(|until| until.saturating_duration_since(now))
+impl Entry {
+    fn is_valid(&self, now: Instant) -> bool {
+        self.valid_until.is_none_or(|until| now < until)
     }
 }
 
-impl CredentialCache {
-    pub fn new(slots: Vec<Slot>) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(slots.len().max(1) as u64 * 2)
-            .expire_after(EntryExpiry)
-            .build();
-        CredentialCache {
-            inner: Arc::new(Inner {
-                cache,
-                slots,
-                generation: AtomicU64::new(1),
-            }),
-        }
+impl Cached {
+    pub fn new(name: impl Into<String>, source: Source) -> Arc<Self> {
+        Arc::new(Cached {
+            name: name.into(),
+            source,
+            current: ArcSwapOption::empty(),
+            fetching: tokio::sync::Mutex::new(()),
+            fetches: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+        })
     }
 
-    pub fn slots(&self) -> &[Slot] {
-        &self.inner.slots
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    pub fn slot(&self, index: usize) -> &Slot {
-        &self.inner.slots[index]
+    pub fn source(&self) -> &Source {
+        &self.source
     }
 
-    /// A current value for credential `index`: from the cache when it holds one, else from
-    /// one shared fetch. Starts a background refresh when the value is due for one.
-    pub async fn get(&self, index: usize) -> Result<SharedCredential, Arc<SourceError>> {
-        let entry = match self.inner.cache.get(&index).await {
-            Some(entry) => entry,
-            None => {
-                let inner = Arc::clone(&self.inner);
-                self.inner
-                    .cache
-                    .try_get_with(index, async move { inner.fetch_entry(index).await })
-                    .await?
-            }
-        };
-        if entry.refresh_at.is_some_and(|at| Instant::now() >= at)
-            && !entry.refreshing.swap(true, Ordering::AcqRel)
+    /// A current value: the cached one when it is still good, else the result of one
+    /// shared fetch. Starts a background refresh when the value is due for one.
+    pub async fn get(self: &Arc<Self>) -> Result<SharedCredential, Arc<SourceError>> {
+        let now = Instant::now();
+        if let Some(entry) = self.current.load().as_ref()
+            && entry.is_valid(now)
         {
-            tokio::spawn(Arc::clone(&self.inner).refresh_ahead(index, entry.clone()));
+            if entry.refresh_at.is_some_and(|at| now >= at)
+                && !entry.refreshing.swap(true, Ordering::AcqRel)
+            {
+                tokio::spawn(Arc::clone(self).refresh_ahead(Arc::clone(entry)));
+            }
+            return Ok(Arc::clone(&entry.credential));
         }
-        Ok(Arc::clone(&entry.credential))
+        self.fetch_now().await
     }
 
     /// Called when an upstream rejected `failed`: drops it unless a newer value already
-    /// replaced it. The next [`get`](Self::get) fetches afresh (single-flight).
-    pub async fn invalidate(&self, index: usize, failed: &Credential) {
-        let generation = failed.generation;
-        self.inner
-            .cache
-            .entry(index)
-            .and_compute_with(|current| {
-                let op = match current {
-                    Some(entry) if entry.value().credential.generation == generation => Op::Remove,
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-    }
-}
-
-impl Inner {
-    async fn fetch_entry(&self, index: usize) -> Result<Arc<Entry>, SourceError> {
-        let slot = &self.slots[index];
-        let fetched = slot.source.fetch().await?;
-        tracing::debug!(credential = %slot.name, source = %slot.source.describe(), "credential fetched");
-        Ok(Arc::new(self.entry(fetched)))
+    /// replaced it. The next [`get`](Self::get) fetches afresh.
+    pub fn invalidate(&self, failed: &Credential) {
+        self.current.rcu(|current| match current {
+            Some(entry) if entry.credential.generation == failed.generation => None,
+            other => other.clone(),
+        });
     }
 
-    fn entry(&self, fetched: Fetched) -> Entry {
-        let now = Instant::now();
-        let wall_now = SystemTime::now();
-        let (expires_at, usable_for) = match fetched.lifetime {
-            Lifetime::UntilRejected => (None, None),
-            Lifetime::Ttl(ttl) => (Some(wall_now + ttl), Some(ttl)),
-            Lifetime::IssuerExpiry(at) => {
-                let lifetime = at.duration_since(wall_now).unwrap_or_default();
-                let skew = MAX_SKEW.min(lifetime / 4);
-                (Some(at), Some(lifetime - skew))
+    /// The value the cell holds, valid or not, without fetching.
+    pub fn peek(&self) -> Option<SharedCredential> {
+        self.current
+            .load()
+            .as_ref()
+            .map(|entry| Arc::clone(&entry.credential))
+    }
+
+    async fn fetch_now(&self) -> Result<SharedCredential, Arc<SourceError>> {
+        let seen = self.fetches.load(Ordering::Acquire);
+        let _fetching = self.fetching.lock().await;
+        // Another fetch may have finished while this request waited: its answer is ours.
+        if let Some(entry) = self.current.load().as_ref()
+            && entry.is_valid(Instant::now())
+        {
+            return Ok(Arc::clone(&entry.credential));
+        }
+        if self.fetches.load(Ordering::Acquire) != seen
+            && let Some((fetch, error)) = self.last_failure.lock().expect("not poisoned").as_ref()
+            && *fetch > seen
+        {
+            return Err(Arc::clone(error));
+        }
+        let entry = self.fetch_entry().await?;
+        let credential = Arc::clone(&entry.credential);
+        self.current.store(Some(entry));
+        Ok(credential)
+    }
+
+    /// Runs the source once; records the outcome for requests that waited on it.
+    async fn fetch_entry(&self) -> Result<Arc<Entry>, Arc<SourceError>> {
+        let result = self.source.fetch().await;
+        let fetch = self.fetches.load(Ordering::Acquire) + 1;
+        let outcome = match result {
+            Ok(fetched) => {
+                tracing::debug!(credential = %self.name, source = %self.source.describe(), "credential fetched");
+                Ok(Arc::new(entry(fetched)))
+            }
+            Err(mut error) => {
+                if let Some(known) = self.peek() {
+                    error.scrub(&known.material.secrets());
+                }
+                if let Some(diagnostic) = error.diagnostic() {
+                    tracing::warn!(credential = %self.name, %error, diagnostic, "credential source failed");
+                }
+                let error = Arc::new(error);
+                *self.last_failure.lock().expect("not poisoned") =
+                    Some((fetch, Arc::clone(&error)));
+                Err(error)
             }
         };
-        Entry {
-            credential: Arc::new(Credential {
-                material: fetched.material,
-                expires_at,
-                generation: self.generation.fetch_add(1, Ordering::Relaxed),
-            }),
-            refresh_at: usable_for.map(|d| now + d * 3 / 4),
-            valid_until: usable_for.map(|d| now + d),
-            refreshing: AtomicBool::new(false),
-        }
+        self.fetches.store(fetch, Ordering::Release);
+        outcome
     }
 
     /// One background fetch for an entry in its refresh window. On failure the current
     /// value stays in place (it is still valid) and the refresh may be tried again after
     /// a pause proportionate to the time it has left.
-    async fn refresh_ahead(self: Arc<Self>, index: usize, current: Arc<Entry>) {
-        let slot = &self.slots[index];
-        match slot.source.fetch().await {
-            Ok(fetched) => {
-                let entry = Arc::new(self.entry(fetched));
-                self.cache.insert(index, entry).await;
-                tracing::debug!(credential = %slot.name, "credential refreshed ahead of expiry");
+    async fn refresh_ahead(self: Arc<Self>, due: Arc<Entry>) {
+        let _fetching = self.fetching.lock().await;
+        let still_due = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &due));
+        if !still_due {
+            return; // replaced (or dropped) while this task waited for the lock
+        }
+        match self.fetch_entry().await {
+            Ok(fresh) => {
+                self.current.store(Some(fresh));
+                tracing::debug!(credential = %self.name, "credential refreshed ahead of expiry");
             }
             Err(error) => {
-                let left = current
+                let left = due
                     .valid_until
                     .map(|until| until.saturating_duration_since(Instant::now()))
                     .unwrap_or_default();
-                tracing::warn!(credential = %slot.name, %error, left_ms = left.as_millis() as u64,
+                tracing::warn!(credential = %self.name, %error, left_ms = left.as_millis() as u64,
                     "background refresh failed; serving the current value while it is valid");
+                drop(_fetching);
                 let pause = (left / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
                 tokio::time::sleep(pause).await;
-                current.refreshing.store(false, Ordering::Release);
+                due.refreshing.store(false, Ordering::Release);
             }
         }
+    }
+}
+
+fn entry(fetched: Fetched) -> Entry {
+    let now = Instant::now();
+    let wall_now = SystemTime::now();
+    let (expires_at, usable_for) = match fetched.lifetime {
+        Lifetime::UntilRejected => (None, None),
+        Lifetime::Ttl(ttl) => (Some(wall_now + ttl), Some(ttl)),
+        Lifetime::IssuerExpiry(at) => {
+            let lifetime = at.duration_since(wall_now).unwrap_or_default();
+            let skew = MAX_SKEW.min(lifetime / 4);
+            (Some(at), Some(lifetime - skew))
+        }
+    };
+    Entry {
+        credential: Arc::new(Credential {
+            material: fetched.material,
+            expires_at,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        }),
+        refresh_at: usable_for.map(|d| now + d * 3 / 4),
+        valid_until: usable_for.map(|d| now + d),
+        refreshing: AtomicBool::new(false),
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
-use crate::credentials::{Helper, Material, Source};
+use crate::credentials::{Helper, Material, Source, StaticKey};
 
 struct Script {
     dir: tempfile::TempDir,
@@ -23,16 +23,15 @@ impl Script {
         self.dir.path().join(name)
     }
 
-    fn cache(&self, ttl: Duration, delay: &str) -> CredentialCache {
+    fn cache(&self, ttl: Duration, delay: &str) -> Arc<Cached> {
         let d = self.dir.path().display();
         let command = format!(
             "echo run >> {d}/runs; sleep {delay}; [ -e {d}/fail ] && {{ echo broken >&2; exit 1; }}; cat {d}/key"
         );
-        let slot = slot(
+        Cached::new(
             "test",
             Source::Helper(Helper::new(command, ttl, Duration::from_secs(10))),
-        );
-        CredentialCache::new(vec![slot])
+        )
     }
 
     fn runs(&self) -> usize {
@@ -60,18 +59,6 @@ fn key(credential: &Credential) -> &str {
     token.secret().expose()
 }
 
-fn slot(name: &str, source: Source) -> Slot {
-    let apply = crate::config::Apply::Bearer;
-    Slot {
-        name: name.into(),
-        source,
-        scheme: crate::schemes::Scheme::Header(crate::schemes::HeaderScheme::new(
-            apply,
-            crate::config::Rejection::Unauthorized,
-        )),
-    }
-}
-
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..200 {
         if done() {
@@ -88,8 +75,8 @@ async fn concurrent_cold_requests_share_one_fetch() {
     let cache = script.cache(Duration::from_secs(300), "0.3");
     let tasks: Vec<_> = (0..50)
         .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get(0).await.map(|c| c.generation) })
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move { cache.get().await.map(|c| c.generation) })
         })
         .collect();
     let mut generations = Vec::new();
@@ -105,18 +92,18 @@ async fn concurrent_cold_requests_share_one_fetch() {
 async fn invalidation_drops_only_the_value_that_failed() {
     let script = Script::new();
     let cache = script.cache(Duration::from_secs(300), "0");
-    let first = cache.get(0).await.unwrap();
+    let first = cache.get().await.unwrap();
     assert_eq!(key(&first), "key-1");
 
     script.set_key("key-2");
-    cache.invalidate(0, &first).await;
-    let second = cache.get(0).await.unwrap();
+    cache.invalidate(&first);
+    let second = cache.get().await.unwrap();
     assert_eq!(key(&second), "key-2");
     assert_eq!(script.runs(), 2);
 
     // A late rejection of the first value must not discard the second.
-    cache.invalidate(0, &first).await;
-    let still = cache.get(0).await.unwrap();
+    cache.invalidate(&first);
+    let still = cache.get().await.unwrap();
     assert_eq!(still.generation, second.generation);
     assert_eq!(script.runs(), 2);
 }
@@ -125,22 +112,22 @@ async fn invalidation_drops_only_the_value_that_failed() {
 async fn refresh_ahead_serves_the_current_value_while_fetching_in_background() {
     let script = Script::new();
     let cache = script.cache(Duration::from_millis(2000), "0");
-    let first = cache.get(0).await.unwrap();
+    let first = cache.get().await.unwrap();
     script.set_key("key-2");
 
     // Past three quarters of the life: the answer is still the current value.
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let during = cache.get(0).await.unwrap();
+    let during = cache.get().await.unwrap();
     assert_eq!(during.generation, first.generation);
 
     wait_until("the background refresh ran", || script.runs() == 2).await;
-    let mut refreshed = cache.get(0).await.unwrap();
+    let mut refreshed = cache.get().await.unwrap();
     for _ in 0..50 {
         if refreshed.generation != first.generation {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-        refreshed = cache.get(0).await.unwrap();
+        refreshed = cache.get().await.unwrap();
     }
     assert_eq!(key(&refreshed), "key-2");
     assert_eq!(
@@ -154,33 +141,32 @@ async fn refresh_ahead_serves_the_current_value_while_fetching_in_background() {
 async fn failed_refresh_keeps_serving_the_last_good_value_until_it_expires() {
     let script = Script::new();
     let cache = script.cache(Duration::from_millis(2000), "0");
-    let first = cache.get(0).await.unwrap();
+    let first = cache.get().await.unwrap();
     script.set_failing(true);
 
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(cache.get(0).await.unwrap().generation, first.generation);
+    assert_eq!(cache.get().await.unwrap().generation, first.generation);
     wait_until("the background refresh failed", || script.runs() >= 2).await;
-    assert_eq!(cache.get(0).await.unwrap().generation, first.generation);
+    assert_eq!(cache.get().await.unwrap().generation, first.generation);
 
     // Once the value has expired there is nothing good left to serve.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let error = cache.get(0).await.unwrap_err();
+    let error = cache.get().await.unwrap_err();
     assert!(
-        error.message.contains("exited with status 1"),
-        "{}",
-        error.message
+        error.to_string().contains("exited with status 1"),
+        "{error}"
     );
-    assert!(error.message.ends_with(": broken"), "{}", error.message);
+    assert!(error.to_string().ends_with(": broken"), "{error}");
 
     // And the source recovering recovers the credential.
     script.set_failing(false);
-    assert_eq!(key(&cache.get(0).await.unwrap()), "key-1");
+    assert_eq!(key(&cache.get().await.unwrap()), "key-1");
 }
 
 #[tokio::test]
 async fn a_hanging_source_does_not_delay_another_credential() {
     let script = Script::new();
-    let slow = slot(
+    let slow = Cached::new(
         "slow",
         Source::Helper(Helper::new(
             "sleep 5; echo slow".into(),
@@ -188,21 +174,20 @@ async fn a_hanging_source_does_not_delay_another_credential() {
             Duration::from_secs(10),
         )),
     );
-    let fast = slot(
+    let fast = Cached::new(
         "fast",
-        Source::Static(crate::credentials::StaticKey::File {
+        Source::Static(StaticKey::File {
             path: script.path("key"),
             ttl: None,
         }),
     );
-    let cache = CredentialCache::new(vec![slow, fast]);
     let stuck = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get(0).await })
+        let slow = Arc::clone(&slow);
+        tokio::spawn(async move { slow.get().await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The fast credential answers while the slow one is still being fetched.
-    let fast = cache.get(1).await.unwrap();
+    let fast = fast.get().await.unwrap();
     assert_eq!(key(&fast), "key-1");
     assert!(!stuck.is_finished());
     stuck.abort();

@@ -1,4 +1,5 @@
-//! Which headers cross the proxy. Runs on every request before a credential is applied
+//! Which headers cross the proxy: the policy (hop-by-hop, client credentials) and the strip
+//! that applies it. Runs on every request before a credential is applied
 //! (so a scheme signs only what will be sent) and on every response before it streams back.
 
 use http::header::{CONNECTION, HeaderName};

@@ -2,18 +2,16 @@
 //! aws-config chain pointed at local files and a fake container endpoint, AWS's own
 //! auth-failure answers, event streams, Bedrock API keys.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::support::sigv4::{Signed, verify};
+use crate::support::*;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::Full;
-use support::sigv4::{Signed, verify};
-use support::*;
 use tokio::sync::Semaphore;
 
 const AKID: &str = "AKIAIOSFODNN7EXAMPLE";

@@ -3,12 +3,12 @@
 //! test time), Foundry keys, and Azure Communication Services HMAC signing checked by an
 //! independent implementation.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::tls::TestCa;
+use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -16,8 +16,6 @@ use hmac::{Hmac, Mac};
 use http::Request;
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
-use support::tls::TestCa;
-use support::*;
 
 const FOUNDRY_MESSAGES: &str = "/foundry/v1/messages";
 

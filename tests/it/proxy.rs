@@ -1,13 +1,11 @@
 //! The proxy pipeline end to end: the credproxy binary between a client and a fake upstream.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::*;
 use tokio::sync::Semaphore;
 
 const REAL_KEY: &str = "sk-ant-real-0123456789abcdef";

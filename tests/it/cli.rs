@@ -1,13 +1,11 @@
 //! The binary as a user meets it: config errors, `check`, `env`, logs, shutdown.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use support::*;
 
 #[test]
 fn config_errors_name_file_line_column_and_fix_and_exit_2() {

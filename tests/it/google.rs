@@ -2,16 +2,14 @@
 //! fake token endpoint) and from a metadata server emulator, applied as bearers, refreshed
 //! on 401.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::google::ServiceAccount;
+use crate::support::*;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::google::ServiceAccount;
-use support::*;
 use tokio::sync::Semaphore;
 
 const RAW_PREDICT: &str = "/vertex/v1/projects/test-project/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict";

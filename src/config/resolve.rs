@@ -1,0 +1,176 @@
+//! Validated → resolved: the one step that reads the environment. Each credential is
+//! bound to its source and scheme by its kind; each upstream with placeholders is filled
+//! in from its credential, or its route is disabled with what to set (the other routes
+//! still work).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Config, Route, UpstreamSpec};
+use crate::credentials::Cached;
+use crate::kinds::{Environment, Facts, Placeholder, RouteView, Spec};
+use crate::schemes::Scheme;
+use crate::upstream::Upstream;
+
+/// A configuration bound to the environment it runs in.
+#[derive(Debug)]
+pub struct Resolved {
+    pub config: Config,
+    /// Same order as [`Config::credentials`].
+    pub credentials: Vec<ResolvedCredential>,
+    pub listeners: Vec<ResolvedListener>,
+    /// `ca_file` with `~` expanded.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct ResolvedCredential {
+    pub name: String,
+    pub spec: Arc<dyn Spec>,
+    /// The source and the value the cache holds for it.
+    pub cached: Arc<Cached>,
+    pub scheme: Scheme,
+    pub facts: Facts,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedListener {
+    pub addr: SocketAddr,
+    pub routes: Vec<ResolvedRoute>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedRoute {
+    pub prefix: String,
+    /// Where requests go, or why the route cannot serve (a placeholder nobody set);
+    /// requests get that reason as a 502.
+    pub upstream: Result<Upstream, String>,
+    /// The upstream as written, when it has placeholders.
+    pub template: Option<String>,
+    /// Index into [`Resolved::credentials`].
+    pub credential: usize,
+}
+
+impl ResolvedRoute {
+    pub fn disabled(&self) -> Option<&str> {
+        self.upstream.as_ref().err().map(String::as_str)
+    }
+
+    /// The upstream for people: the URL, or the template of a disabled route.
+    pub fn upstream_text(&self) -> String {
+        match (&self.upstream, &self.template) {
+            (Ok(upstream), _) => upstream.to_string(),
+            (Err(_), Some(template)) => template.clone(),
+            (Err(reason), None) => reason.clone(),
+        }
+    }
+}
+
+pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
+    let mut credentials = Vec::with_capacity(config.credentials.len());
+    for credential in &config.credentials {
+        let binding = credential.spec.resolve(&credential.name, env).await;
+        credentials.push(ResolvedCredential {
+            name: credential.name.clone(),
+            spec: Arc::clone(&credential.spec),
+            cached: Cached::new(credential.name.clone(), binding.source),
+            scheme: binding.scheme,
+            facts: binding.facts,
+        });
+    }
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|listener| ResolvedListener {
+            addr: listener.addr,
+            routes: listener
+                .routes
+                .iter()
+                .map(|route| resolve_route(route, &credentials[route.credential].facts))
+                .collect(),
+        })
+        .collect();
+    let ca_file = config
+        .ca_file
+        .as_ref()
+        .map(|path| path.resolve(env.home().as_deref()));
+    Resolved {
+        config,
+        credentials,
+        listeners,
+        ca_file,
+    }
+}
+
+fn resolve_route(route: &Route, facts: &Facts) -> ResolvedRoute {
+    let (upstream, template) = match &route.upstream {
+        UpstreamSpec::Fixed(upstream) => (Ok(upstream.clone()), None),
+        UpstreamSpec::Template(template) => (fill(template, facts), Some(template.clone())),
+    };
+    ResolvedRoute {
+        prefix: route.prefix.clone(),
+        upstream,
+        template,
+        credential: route.credential,
+    }
+}
+
+fn fill(template: &str, facts: &Facts) -> Result<Upstream, String> {
+    let mut url = template.to_string();
+    for placeholder in Placeholder::ALL {
+        if !url.contains(placeholder.text()) {
+            continue;
+        }
+        match facts.fill(placeholder) {
+            Some(Ok(value)) => url = url.replace(placeholder.text(), value),
+            Some(Err(what_to_set)) => return Err(what_to_set.clone()),
+            None => {
+                return Err(format!(
+                    "nothing fills `{}` for this route's credential",
+                    placeholder.text()
+                ));
+            }
+        }
+    }
+    Upstream::parse(&url).map_err(|(message, _)| message)
+}
+
+impl Resolved {
+    /// Every route with the listener that serves it, in listener order.
+    pub fn routes(&self) -> impl Iterator<Item = (&ResolvedListener, &ResolvedRoute)> {
+        self.listeners
+            .iter()
+            .flat_map(|l| l.routes.iter().map(move |r| (l, r)))
+    }
+
+    /// Why credential `index` is not fetched: no route uses it, or all its routes are
+    /// disabled.
+    pub fn unused_reason(&self, index: usize) -> Option<String> {
+        let routes: Vec<&ResolvedRoute> = self
+            .routes()
+            .map(|(_, r)| r)
+            .filter(|r| r.credential == index)
+            .collect();
+        if routes.is_empty() {
+            return Some("unused: no route refers to it".to_string());
+        }
+        if routes.iter().all(|r| r.disabled().is_some()) {
+            return routes[0]
+                .disabled()
+                .map(|reason| format!("unused: its routes are disabled ({reason})"));
+        }
+        None
+    }
+
+    /// A route as `credproxy env` and the kinds see it (a disabled route has none).
+    pub fn route_view<'a>(&'a self, route: &'a ResolvedRoute) -> Option<RouteView<'a>> {
+        let credential = &self.credentials[route.credential];
+        Some(RouteView {
+            upstream: route.upstream.as_ref().ok()?,
+            template: route.template.as_deref(),
+            facts: &credential.facts,
+            scheme: &credential.scheme,
+        })
+    }
+}

@@ -1,0 +1,10 @@
+//! Black-box tests: the credproxy binary between clients and fakes on 127.0.0.1:0, one
+//! module per area. One test binary, so the fixtures compile once.
+
+mod aws;
+mod azure;
+mod cli;
+mod google;
+mod layers;
+mod proxy;
+mod support;

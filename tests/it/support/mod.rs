@@ -1,0 +1,13 @@
+//! Test fixtures, one file per role: the fake upstream, the credproxy process, clients,
+//! and the fakes of each cloud's token service.
+
+mod client;
+pub mod google;
+mod process;
+pub mod sigv4;
+pub mod tls;
+mod upstream;
+
+pub use client::*;
+pub use process::*;
+pub use upstream::*;
