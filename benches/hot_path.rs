@@ -30,6 +30,9 @@ fn route(prefix: &str, host: &str) -> Route {
         }),
         template: None,
         credential: 0,
+        max_in_flight: 1024,
+        stream_idle_timeout: None,
+        strip_headers: Vec::new(),
     }
 }
 
@@ -73,7 +76,7 @@ fn route_match(c: &mut Criterion) {
     );
     c.bench_function("route_match_and_upstream_uri_4_routes", |b| {
         b.iter(|| {
-            let route = table.find(std::hint::black_box(path.path())).unwrap();
+            let route = &table.find(std::hint::black_box(path.path())).unwrap().route;
             upstream_uri(&route.prefix, route.upstream.as_ref().unwrap(), &path).unwrap()
         })
     });

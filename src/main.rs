@@ -100,6 +100,8 @@ async fn check(resolved: Resolved) -> ExitCode {
 }
 
 async fn run(resolved: Resolved) -> ExitCode {
+    watch_other_signals();
+    check_fd_limit(&resolved);
     let client = match proxy::client::build(&resolved) {
         Ok(client) => client,
         Err(error) => {
@@ -140,7 +142,13 @@ async fn run(resolved: Resolved) -> ExitCode {
         });
     }
     warm_up(&resolved);
-    server::run(bound, shutdown_signal(), resolved.config.shutdown_grace).await;
+    server::run(
+        bound,
+        &resolved.config.limits,
+        shutdown_signal(),
+        resolved.config.shutdown_grace,
+    )
+    .await;
     ExitCode::SUCCESS
 }
 
@@ -176,6 +184,58 @@ fn warm_up(resolved: &Resolved) {
                 }
             }
         });
+    }
+}
+
+/// Signals that would otherwise kill the process mid-stream: SIGHUP (reload, not supported
+/// yet) and the user signals are logged instead.
+fn watch_other_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let watched = [
+        (
+            SignalKind::hangup(),
+            "SIGHUP",
+            "reloading the configuration is not supported yet; restart credproxy to apply a changed config",
+        ),
+        (SignalKind::user_defined1(), "SIGUSR1", "ignored"),
+        (SignalKind::user_defined2(), "SIGUSR2", "ignored"),
+    ];
+    for (kind, name, what) in watched {
+        match signal(kind) {
+            Ok(mut received) => {
+                tokio::spawn(async move {
+                    while received.recv().await.is_some() {
+                        tracing::info!(signal = name, "{name} received: {what}");
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(signal = name, %error, "cannot watch {name}"),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (as Go and nginx do): each client
+/// connection and each upstream request holds a descriptor, and the usual soft limit of
+/// 1,024 is reached by a modest burst. Warns when the connection limits could still reach it.
+fn check_fd_limit(resolved: &Resolved) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let per_listener = resolved.config.limits.max_connections as u64;
+    // A client connection, and an upstream connection for each, plus some to spare.
+    let wanted = per_listener * resolved.listeners.len() as u64 * 2 + 64;
+    if wanted > limit {
+        tracing::warn!(
+            open_files = limit,
+            max_connections = per_listener,
+            "the open-file limit is below what `max_connections` allows; lower it or raise the limit (ulimit -n)"
+        );
     }
 }
 

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 pub use resolve::{Resolved, ResolvedCredential, ResolvedListener, ResolvedRoute};
 
+use http::HeaderName;
+
 use crate::fields::{ConfigError, ConfigPath, Problem};
 use crate::kinds::{Environment, Spec};
 use crate::upstream::Upstream;
@@ -66,8 +68,49 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub limits: Limits,
     pub guard: GuardConfig,
     pub ca_file: Option<ConfigPath>,
+    /// Request headers removed on every route besides the built-in list (credentials of
+    /// other gateways: `ocp-apim-subscription-key`, `x-auth-token`, ...).
+    pub strip_headers: Vec<HeaderName>,
+}
+
+/// What one client, connection or burst may hold. Every limit has a default that suits a
+/// laptop and is configurable for a gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a complete HTTP/1 request head, counted from when the
+    /// connection is ready for one.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request body that sends no bytes for this long gets 408.
+    pub body_read_timeout: Duration,
+    /// Client connections open at once on one listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Upstream requests in flight at once on one route (unless the route sets its own);
+    /// more wait up to `queue_timeout`, then get 503.
+    pub max_in_flight: usize,
+    pub queue_timeout: Duration,
+    /// Idle upstream connections kept per host, and for how long.
+    pub pool_max_idle_per_host: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(90),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_in_flight: 1024,
+            queue_timeout: Duration::from_secs(30),
+            pool_max_idle_per_host: 64,
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// One bound address and the routes it serves.
@@ -85,6 +128,12 @@ pub struct Route {
     pub upstream: UpstreamSpec,
     /// Index into [`Config::credentials`].
     pub credential: usize,
+    /// Overrides [`Limits::max_in_flight`] for this route.
+    pub max_in_flight: Option<usize>,
+    /// A response body that sends nothing for this long is ended (off unless set).
+    pub stream_idle_timeout: Option<Duration>,
+    /// Request headers removed on this route besides the global list.
+    pub strip_headers: Vec<HeaderName>,
 }
 
 /// An upstream as written: a URL, or a URL with placeholders filled in at resolution.
@@ -125,17 +174,35 @@ impl Config {
         match path {
             None => Config::parse(EMBEDDED_DEFAULT, ConfigOrigin::Embedded),
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                let one = |line, column, message: String, hint: &str| ConfigError {
                     file: path.display().to_string(),
                     problems: vec![Problem {
-                        line: 1,
-                        column: 1,
-                        message: format!("cannot read the config file: {e}"),
-                        hint: Some(
-                            "pass an existing file with --config, or omit it to use the embedded default"
-                                .to_string(),
-                        ),
+                        line,
+                        column,
+                        message,
+                        hint: Some(hint.to_string()),
                     }],
+                };
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    one(
+                        1,
+                        1,
+                        format!("cannot read the config file: {e}"),
+                        "pass an existing file with --config, or omit it to use the embedded default",
+                    )
+                })?;
+                let text = String::from_utf8(bytes).map_err(|e| {
+                    let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                    let valid = std::str::from_utf8(valid).expect("valid up to here");
+                    let (line, column) =
+                        crate::fields::SourceText::new(valid).line_column(valid.len());
+                    one(
+                        line,
+                        column,
+                        "the config file is not UTF-8 text: this byte starts no UTF-8 character"
+                            .to_string(),
+                        "save the file as UTF-8 (TOML files are UTF-8)",
+                    )
                 })?;
                 Config::parse(&text, ConfigOrigin::File(path))
             }

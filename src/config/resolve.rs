@@ -6,6 +6,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
 
 use super::{Config, Route, UpstreamSpec};
 use crate::credentials::Cached;
@@ -50,6 +53,11 @@ pub struct ResolvedRoute {
     pub template: Option<String>,
     /// Index into [`Resolved::credentials`].
     pub credential: usize,
+    /// Upstream requests in flight at once on this route.
+    pub max_in_flight: usize,
+    pub stream_idle_timeout: Option<Duration>,
+    /// Request headers removed besides the built-in list (global ones included).
+    pub strip_headers: Vec<HeaderName>,
 }
 
 impl ResolvedRoute {
@@ -87,7 +95,7 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
             routes: listener
                 .routes
                 .iter()
-                .map(|route| resolve_route(route, &credentials[route.credential].facts))
+                .map(|route| resolve_route(&config, route, &credentials[route.credential].facts))
                 .collect(),
         })
         .collect();
@@ -103,7 +111,7 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
     }
 }
 
-fn resolve_route(route: &Route, facts: &Facts) -> ResolvedRoute {
+fn resolve_route(config: &Config, route: &Route, facts: &Facts) -> ResolvedRoute {
     let (upstream, template) = match &route.upstream {
         UpstreamSpec::Fixed(upstream) => (Ok(upstream.clone()), None),
         UpstreamSpec::Template(template) => (fill(template, facts), Some(template.clone())),
@@ -113,6 +121,14 @@ fn resolve_route(route: &Route, facts: &Facts) -> ResolvedRoute {
         upstream,
         template,
         credential: route.credential,
+        max_in_flight: route.max_in_flight.unwrap_or(config.limits.max_in_flight),
+        stream_idle_timeout: route.stream_idle_timeout,
+        strip_headers: config
+            .strip_headers
+            .iter()
+            .chain(&route.strip_headers)
+            .cloned()
+            .collect(),
     }
 }
 

@@ -10,15 +10,22 @@ use std::time::Duration;
 
 use http::uri::Uri;
 
+use http::HeaderName;
+
 use super::{
-    Config, ConfigOrigin, CredentialConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY, GuardConfig,
+    Config, ConfigOrigin, CredentialConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY, GuardConfig, Limits,
     Listener, Route, UpstreamSpec,
 };
 use crate::fields::{Checker, ConfigError, ConfigPath, Table, Text, parse_document};
 use crate::kinds::{self, Placeholder, ReadContext};
 use crate::upstream::Upstream;
 
-const ANY_DURATION: std::ops::RangeInclusive<Duration> = Duration::ZERO..=Duration::MAX;
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const HOUR: Duration = secs(3600);
+const DAY: Duration = secs(24 * 3600);
+const LIMIT: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 
 pub(super) fn validate(text: &str, origin: ConfigOrigin) -> Result<Config, ConfigError> {
     let file = origin.display_name();
@@ -52,16 +59,65 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
     let guard = guard(root, cx);
     let max_body = root
         .string(cx, "max_body")
-        .and_then(|t| cx.size(&t, 0..=usize::MAX))
+        .and_then(|t| cx.size(&t, 1024..=1024 * 1024 * 1024))
         .unwrap_or(DEFAULT_MAX_BODY);
-    let mut duration = |key, default| {
+    let mut duration = |key, allowed, default| {
         root.string(cx, key)
-            .and_then(|t| cx.duration(&t, ANY_DURATION))
+            .and_then(|t| cx.duration(&t, allowed))
             .unwrap_or(default)
     };
-    let connect_timeout = duration("connect_timeout", Duration::from_secs(10));
-    let upstream_timeout = duration("upstream_timeout", Duration::from_secs(600));
-    let shutdown_grace = duration("shutdown_grace", Duration::from_secs(30));
+    let connect_timeout = duration(
+        "connect_timeout",
+        Duration::from_millis(100)..=secs(300),
+        secs(10),
+    );
+    let upstream_timeout = duration(
+        "upstream_timeout",
+        Duration::from_millis(100)..=DAY,
+        secs(600),
+    );
+    let shutdown_grace = duration("shutdown_grace", Duration::ZERO..=HOUR, secs(30));
+    let defaults = Limits::default();
+    let header_read_timeout = duration(
+        "header_read_timeout",
+        secs(1)..=secs(600),
+        defaults.header_read_timeout,
+    );
+    let idle_timeout = duration("idle_timeout", secs(1)..=DAY, defaults.idle_timeout);
+    let body_read_timeout = duration(
+        "body_read_timeout",
+        secs(1)..=HOUR,
+        defaults.body_read_timeout,
+    );
+    let queue_timeout = duration(
+        "queue_timeout",
+        Duration::ZERO..=secs(600),
+        defaults.queue_timeout,
+    );
+    let pool_idle_timeout = duration(
+        "pool_idle_timeout",
+        secs(1)..=HOUR,
+        defaults.pool_idle_timeout,
+    );
+    let mut count = |key, allowed, default: usize| {
+        root.integer(cx, key, allowed)
+            .map_or(default, |n| *n.get_ref() as usize)
+    };
+    let limits = Limits {
+        header_read_timeout,
+        idle_timeout,
+        body_read_timeout,
+        max_connections: count("max_connections", LIMIT, defaults.max_connections),
+        max_in_flight: count("max_in_flight", LIMIT, defaults.max_in_flight),
+        queue_timeout,
+        pool_max_idle_per_host: count(
+            "pool_max_idle_per_host",
+            0..=100_000,
+            defaults.pool_max_idle_per_host,
+        ),
+        pool_idle_timeout,
+    };
+    let strip_headers = header_names(root, cx, "strip_headers");
     let base_dir = origin.base_dir();
     let ca_file = root
         .string(cx, "ca_file")
@@ -84,9 +140,36 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         connect_timeout,
         upstream_timeout,
         shutdown_grace,
+        limits,
         guard,
         ca_file,
+        strip_headers,
     }
+}
+
+/// A list of request header names to remove; connection headers are removed anyway and
+/// the headers credproxy sets itself cannot be named.
+fn header_names(table: &mut Table, cx: &mut Checker, key: &'static str) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    for text in table.strings(cx, key).iter().flat_map(|l| l.get_ref()) {
+        match HeaderName::from_str(text.get_ref().trim()) {
+            Ok(name) if name == http::header::HOST || name == http::header::CONTENT_TYPE => {
+                cx.report(
+                    text.span(),
+                    format!("`{name}` cannot be stripped: upstreams need it"),
+                    "name only headers that carry a client's credential or that the upstream must not see".to_string(),
+                );
+            }
+            Ok(name) => names.push(name),
+            Err(_) => cx.report(
+                text.span(),
+                format!("`{}` is not a header name", text.get_ref()),
+                "write header names such as \"ocp-apim-subscription-key\" or \"x-auth-token\""
+                    .to_string(),
+            ),
+        }
+    }
+    names
 }
 
 fn listen_addr(cx: &mut Checker, text: &Text, allow_non_loopback: bool) -> Option<SocketAddr> {
@@ -323,6 +406,13 @@ fn read_route(
     let upstream_text = required(table, cx, "upstream");
     let credential_text = required(table, cx, "credential");
     let listen = table.string(cx, "listen");
+    let max_in_flight = table
+        .integer(cx, "max_in_flight", LIMIT)
+        .map(|n| *n.get_ref() as usize);
+    let stream_idle_timeout = table
+        .string(cx, "stream_idle_timeout")
+        .and_then(|t| cx.duration(&t, secs(1)..=DAY));
+    let strip_headers = header_names(table, cx, "strip_headers");
     let addr = match &listen {
         Some(text) => listen_addr(cx, text, allow_non_loopback),
         None => default_listen,
@@ -365,6 +455,9 @@ fn read_route(
             prefix: prefix?,
             upstream: upstream?,
             credential: credential?,
+            max_in_flight,
+            stream_idle_timeout,
+            strip_headers,
         },
         prefix_text?,
     ))

@@ -19,6 +19,9 @@ const STDERR_CAP: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct Helper {
     command: String,
+    /// The command's program name: all of the command that messages may show (its
+    /// arguments, or a `VAR=value` before it, may hold a secret).
+    program: String,
     ttl: Duration,
     timeout: Duration,
 }
@@ -26,6 +29,7 @@ pub struct Helper {
 impl Helper {
     pub fn new(command: String, ttl: Duration, timeout: Duration) -> Self {
         Helper {
+            program: program_name(&command),
             command,
             ttl,
             timeout,
@@ -33,11 +37,15 @@ impl Helper {
     }
 
     pub fn describe(&self) -> String {
-        format!("helper `{}`", abbreviate(&self.command, 60))
+        format!("helper `{}`", self.program)
     }
 
     /// Runs the command once with `sh -c`, in a process group of its own so that a timeout
     /// kills everything it started, not just the shell.
+    ///
+    /// Errors say what happened (exit status, duration, what was wrong with the output)
+    /// and never quote the helper: what it printed goes into the error's diagnostic, for
+    /// credproxy's log, with anything it printed on stdout removed from it.
     pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let started = Instant::now();
         let mut child = Command::new("/bin/sh")
@@ -50,7 +58,8 @@ impl Helper {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                SourceError::unrecoverable(format!("{} could not start: {e}", self.describe()))
+                SourceError::unrecoverable(format!("{} could not start", self.describe()))
+                    .caused_by(e)
             })?;
         let group = child.id().map(|id| Pid::from_raw(id as i32));
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -81,41 +90,40 @@ impl Helper {
             }
         };
         let status = status.map_err(|e| {
-            SourceError::transient(format!("{} could not be waited for: {e}", self.describe()))
+            SourceError::transient(format!("{} could not be waited for", self.describe()))
+                .caused_by(e)
         })?;
-        let first_stderr_line = String::from_utf8_lossy(&err)
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .map(|l| format!(": {}", abbreviate(l, 200)))
-            .unwrap_or_default();
+        let diagnose = |error: SourceError| match first_line(&err, &out) {
+            Some(line) => error.with_diagnostic(format!("its stderr began: {line}")),
+            None => error,
+        };
         // Checked before the exit status: we stop reading past the cap, so an oversized
         // writer usually dies of SIGPIPE.
         if out.len() > STDOUT_CAP {
-            return Err(SourceError::unrecoverable(format!(
+            return Err(diagnose(SourceError::unrecoverable(format!(
                 "{} printed more than {} KiB after {}; it must print the key alone",
                 self.describe(),
                 STDOUT_CAP / 1024,
                 seconds(took)
-            )));
+            ))));
         }
         if !status.success() {
             let how = match status.code() {
                 Some(code) => format!("exited with status {code}"),
                 None => "was killed by a signal".to_string(),
             };
-            return Err(SourceError::transient(format!(
-                "{} {how} after {}{first_stderr_line}",
+            return Err(diagnose(SourceError::transient(format!(
+                "{} {how} after {}; what it printed is in credproxy's log",
                 self.describe(),
                 seconds(took)
-            )));
+            ))));
         }
         let fail = |what: &str| {
-            SourceError::unrecoverable(format!(
-                "{} {what} (exit 0 after {}){first_stderr_line}",
+            diagnose(SourceError::unrecoverable(format!(
+                "{} {what} (exit 0 after {})",
                 self.describe(),
                 seconds(took)
-            ))
+            )))
         };
         let text =
             std::str::from_utf8(&out).map_err(|_| fail("printed bytes that are not UTF-8"))?;
@@ -134,12 +142,60 @@ impl Helper {
                 e.message().trim_start_matches("the key ")
             ))
         })?;
-        tracing::debug!(helper = %abbreviate(&self.command, 60), took_ms = took.as_millis() as u64, "helper produced a key");
+        tracing::debug!(helper = %self.program, took_ms = took.as_millis() as u64, "helper produced a key");
         Ok(Fetched {
             material: Material::Token(token),
             lifetime: Lifetime::Ttl(self.ttl),
             via: None,
         })
+    }
+}
+
+/// The first non-blank line of `stderr`, shortened, with every line of `stdout` (what a
+/// helper prints there is, or may be, the key) replaced by the redaction marker.
+fn first_line(stderr: &[u8], stdout: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let mut line = abbreviate(text.lines().map(str::trim).find(|l| !l.is_empty())?, 200);
+    for printed in String::from_utf8_lossy(stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() >= 4)
+    {
+        line = line.replace(printed, Secret::REDACTED);
+    }
+    Some(line)
+}
+
+/// `op read op://dev/key` → `op`; `VAULT_TOKEN=hvs.x vault read k` → `vault`;
+/// `env A=b /usr/bin/helper --x` → `helper`.
+fn program_name(command: &str) -> String {
+    let mut words = command
+        .split_whitespace()
+        .map(|w| w.trim_matches(['\'', '"']));
+    let mut program = "sh";
+    for word in words.by_ref() {
+        let assignment = word.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if assignment
+            || word.starts_with('-')
+            || matches!(word, "env" | "exec" | "command" | "nohup")
+        {
+            continue;
+        }
+        program = word;
+        break;
+    }
+    let name = program.rsplit('/').next().unwrap_or(program);
+    let name: String = name
+        .chars()
+        .take_while(|c| !matches!(c, ';' | '|' | '&' | '<' | '>' | '(' | ')' | '$' | '`'))
+        .take(40)
+        .collect();
+    if name.is_empty() {
+        "sh".to_string()
+    } else {
+        name
     }
 }
 
@@ -198,9 +254,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failure_names_command_status_duration_and_first_stderr_line() {
+    async fn failure_names_program_status_and_duration_and_keeps_stderr_for_the_log() {
         let err = helper(
-            "echo; echo 'vault: permission denied' >&2; echo second >&2; exit 3",
+            "VAULT_TOKEN=hvs.SECRET echo sk-leaked-key; echo 'vault: denied sk-leaked-key' >&2; echo second >&2; exit 3",
             5000,
         )
         .fetch()
@@ -208,9 +264,39 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind, super::super::FailureKind::Transient);
         let m = err.to_string();
-        assert!(m.contains("helper `echo; echo 'vault"), "{m}");
-        assert!(m.contains("exited with status 3 after 0."), "{m}");
-        assert!(m.ends_with(": vault: permission denied"), "{m}");
+        assert!(
+            m.starts_with("helper `echo` exited with status 3 after 0."),
+            "{m}"
+        );
+        assert!(
+            m.ends_with("; what it printed is in credproxy's log"),
+            "{m}"
+        );
+        assert!(!m.contains("SECRET") && !m.contains("vault"), "{m}");
+        assert_eq!(
+            err.diagnostic(),
+            Some("its stderr began: vault: denied ** redacted **"),
+            "stderr for the log, without what the helper printed on stdout"
+        );
+    }
+
+    #[test]
+    fn only_the_program_name_of_a_command_is_shown() {
+        for (command, program) in [
+            ("op read op://dev/anthropic/key", "op"),
+            (
+                "VAULT_TOKEN=hvs.abc vault kv get -field=key secret/x",
+                "vault",
+            ),
+            ("env A=b /usr/local/bin/key-helper --flag", "key-helper"),
+            ("cat ~/.config/anthropic/key", "cat"),
+            ("echo x;cat y", "echo"),
+            ("'/opt/helpers/run' --x", "run"),
+            ("$(secret-cmd)", "sh"),
+            ("", "sh"),
+        ] {
+            assert_eq!(program_name(command), program, "{command}");
+        }
     }
 
     #[tokio::test]

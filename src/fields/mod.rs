@@ -236,6 +236,45 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// A whole number within `allowed`.
+    pub fn integer(
+        &mut self,
+        cx: &mut Checker,
+        key: &'static str,
+        allowed: std::ops::RangeInclusive<u64>,
+    ) -> Option<Spanned<u64>> {
+        let value = self.value(key)?;
+        let number = value
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok());
+        match number {
+            Some(n) if n >= 0 && allowed.contains(&(n as u64)) => {
+                Some(Spanned::new(value.span(), n as u64))
+            }
+            Some(n) => {
+                cx.report(
+                    value.span(),
+                    format!(
+                        "`{key}` = {n} is outside the allowed range {} to {}",
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                    format!(
+                        "write a number between {} and {}",
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                );
+                None
+            }
+            None => {
+                Self::wrong_type(cx, key, value, "a whole number");
+                None
+            }
+        }
+    }
+
     /// A list of strings; an element of another type is reported and skipped.
     pub fn strings(&mut self, cx: &mut Checker, key: &'static str) -> Option<Spanned<Vec<Text>>> {
         let value = self.value(key)?;

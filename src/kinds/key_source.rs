@@ -16,7 +16,12 @@ use crate::schemes::Apply;
 
 pub const DEFAULT_HELPER_TTL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(60);
-const ANY_DURATION: std::ops::RangeInclusive<Duration> = Duration::ZERO..=Duration::MAX;
+/// A helper or file is read again at most this often, and at least this rarely.
+const TTL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600);
+/// Claude Code allows its own helper 600 s.
+const TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySource {
@@ -110,9 +115,9 @@ impl KeySource {
                 "remove `helper_timeout`".to_string(),
             );
         }
-        let ttl = ttl.and_then(|t| cx.duration(&t, ANY_DURATION));
+        let ttl = ttl.and_then(|t| cx.duration(&t, TTL_RANGE));
         let helper_timeout = helper_timeout
-            .and_then(|t| cx.duration(&t, ANY_DURATION))
+            .and_then(|t| cx.duration(&t, TIMEOUT_RANGE))
             .unwrap_or(DEFAULT_HELPER_TIMEOUT);
         check_env_name(
             cx,

@@ -20,10 +20,14 @@ const DRAIN_CAP: u64 = 64 * 1024 * 1024;
 /// How long draining an oversized body may take.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
+/// Reads the whole body, refusing more than `limit` bytes (413) and a client that sends
+/// nothing for `stall` (408): a stalled upload must not hold its connection and its place
+/// in the route's queue for good.
 pub async fn read_limited(
     headers: &HeaderMap,
     mut body: Incoming,
     limit: usize,
+    stall: Duration,
 ) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -40,7 +44,13 @@ pub async fn read_limited(
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(stall, body.frame()).await else {
+            return Err(ProxyError::BodyStalled { waited: stall });
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let frame = frame.map_err(|e| ProxyError::BodyUnreadable {
             cause: e.to_string(),
         })?;

@@ -1,5 +1,7 @@
 //! The one pooled upstream client: HTTP/1.1 and HTTP/2 (by ALPN) over rustls, system roots
-//! plus an optional extra CA bundle, `TCP_NODELAY`, long-lived keep-alive connections.
+//! plus an optional extra CA bundle, `TCP_NODELAY`, keep-alive connections reused while
+//! traffic flows and closed when idle (`pool_idle_timeout`, at most `pool_max_idle_per_host`
+//! kept), so a burst does not leave thousands of connections and their buffers behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +60,8 @@ pub fn build(resolved: &Resolved) -> Result<UpstreamClient, String> {
         .enable_http2()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(config.limits.pool_idle_timeout)
+        .pool_max_idle_per_host(config.limits.pool_max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https))

@@ -38,6 +38,22 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {cause}")]
     BodyUnreadable { cause: String },
+    #[error("the request body sent nothing for {}; send it without pauses (or raise `body_read_timeout`)", humantime::format_duration(*.waited))]
+    BodyStalled { waited: Duration },
+    #[error(
+        "{problem}; send exactly one Host header naming credproxy (localhost, 127.0.0.1 or a name in `allowed_hosts`)"
+    )]
+    BadHost { problem: &'static str },
+    #[error(
+        "the request path `{path}` {problem}; credproxy forwards only plain paths below a route's prefix"
+    )]
+    BadPath { path: String, problem: &'static str },
+    #[error("route `{route}` has {limit} upstream requests in flight (`max_in_flight`) and none finished within {}; try again shortly", humantime::format_duration(*.waited))]
+    Overloaded {
+        route: String,
+        limit: usize,
+        waited: Duration,
+    },
     #[error("route `{route}` is disabled: {reason}")]
     RouteDisabled { route: String, reason: String },
     #[error("route `{route}` could not get credential `{credential}` ({source_name}): {cause}")]
@@ -76,13 +92,16 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::NoRoute { .. }
             | ProxyError::BodyTooLarge { .. }
-            | ProxyError::BodyUnreadable { .. } => Side::Client,
+            | ProxyError::BodyUnreadable { .. }
+            | ProxyError::BodyStalled { .. }
+            | ProxyError::BadHost { .. }
+            | ProxyError::BadPath { .. } => Side::Client,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
             | ProxyError::RouteDisabled { .. } => Side::CredentialSource,
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
-                Side::Upstream
-            }
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::Overloaded { .. } => Side::Upstream,
         }
     }
 
@@ -94,7 +113,11 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BodyUnreadable { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyUnreadable { .. }
+            | ProxyError::BadHost { .. }
+            | ProxyError::BadPath { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
             | ProxyError::RouteDisabled { .. }
@@ -110,7 +133,8 @@ impl ProxyError {
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
             StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
-            StatusCode::GATEWAY_TIMEOUT => "timeout_error",
+            StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "timeout_error",
+            StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
             _ => "api_error",
         }
     }
@@ -123,17 +147,20 @@ impl ProxyError {
                 "message": format!("credproxy: {self}"),
             }
         });
+        let status = self.status();
+        let side = self.side();
+        let overloaded = matches!(self, ProxyError::Overloaded { .. });
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-        *response.status_mut() = self.status();
+        *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        headers.insert(
-            "x-credproxy-error",
-            HeaderValue::from_static(self.side().as_str()),
-        );
+        headers.insert("x-credproxy-error", HeaderValue::from_static(side.as_str()));
+        if overloaded {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -21,20 +21,40 @@ impl Guard {
         Guard { config, listener }
     }
 
+    /// Fails closed: a request must name its host (the `Host` header, or the URI's
+    /// authority: HTTP/2's `:authority`, an absolute-form HTTP/1 target), once, as text,
+    /// and every name it gives must be allowed.
     pub fn check(&self, request: &Parts) -> Result<(), ProxyError> {
-        let host = request.uri.authority().map(|a| a.host()).or_else(|| {
-            request
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(host_part)
-        });
-        if let Some(host) = host
-            && !self.host_allowed(host)
-        {
-            return Err(ProxyError::HostNotAllowed {
-                host: printable(host),
+        let mut headers = request.headers.get_all(HOST).iter();
+        let header = headers.next();
+        if headers.next().is_some() {
+            return Err(ProxyError::BadHost {
+                problem: "the request has more than one Host header",
             });
+        }
+        let header = match header {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| ProxyError::BadHost {
+                problem: "the Host header is not text",
+            })?),
+        };
+        let authority = request.uri.authority().map(|a| a.host());
+        if header.is_none() && authority.is_none() {
+            return Err(ProxyError::BadHost {
+                problem: "the request names no host",
+            });
+        }
+        for host in authority.into_iter().chain(header.map(host_part)) {
+            if host.is_empty() {
+                return Err(ProxyError::BadHost {
+                    problem: "the Host header is empty",
+                });
+            }
+            if !self.host_allowed(host) {
+                return Err(ProxyError::HostNotAllowed {
+                    host: printable(host),
+                });
+            }
         }
         if let Some(origin) = request.headers.get(ORIGIN) {
             let value = origin.to_str().unwrap_or("");
@@ -99,6 +119,41 @@ mod tests {
             builder = builder.header(*k, *v);
         }
         builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_missing_doubled_or_binary_host_fails_closed() {
+        let g = guard(&[], &[]);
+        let bad = |parts: Parts| matches!(g.check(&parts), Err(ProxyError::BadHost { .. }));
+        assert!(bad(parts("/v1/messages", &[])), "no Host at all");
+        assert!(bad(parts(
+            "/v1/messages",
+            &[("host", "localhost"), ("host", "localhost")]
+        )));
+        let mut binary = parts("/v1/messages", &[]);
+        binary.headers.insert(
+            HOST,
+            http::HeaderValue::from_bytes(b"local\xffhost").unwrap(),
+        );
+        assert!(bad(binary));
+        assert!(bad(parts("/v1/messages", &[("host", "")])));
+        // HTTP/2: `:authority` arrives as the URI's authority and is checked the same way.
+        assert!(
+            g.check(&parts("http://localhost:8787/v1/messages", &[]))
+                .is_ok()
+        );
+        assert!(matches!(
+            g.check(&parts("http://evil.example/v1/messages", &[])),
+            Err(ProxyError::HostNotAllowed { .. })
+        ));
+        // Both present: both must be allowed.
+        assert!(
+            g.check(&parts(
+                "http://localhost/v1/messages",
+                &[("host", "evil.example")]
+            ))
+            .is_err()
+        );
     }
 
     fn guard(hosts: &[&str], origins: &[&str]) -> Guard {

@@ -17,6 +17,7 @@ pub mod client;
 pub mod error;
 pub mod guard;
 pub mod route;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +37,11 @@ pub use client::UpstreamClient;
 pub use error::ProxyError;
 use guard::Guard;
 use route::RouteTable;
+use stream::UpstreamBody;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// What the client receives: the upstream's body as it streams, or one of ours.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// A credential as requests use it: its cached value and how it goes onto a request.
 #[derive(Debug)]
@@ -55,6 +58,8 @@ pub struct Shared {
     pub credentials: Vec<Credential>,
     pub max_body: usize,
     pub upstream_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub queue_timeout: Duration,
 }
 
 impl Shared {
@@ -71,6 +76,8 @@ impl Shared {
                 .collect(),
             max_body: resolved.config.max_body,
             upstream_timeout: resolved.config.upstream_timeout,
+            body_read_timeout: resolved.config.limits.body_read_timeout,
+            queue_timeout: resolved.config.limits.queue_timeout,
         }
     }
 }
@@ -124,22 +131,29 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
         self.guard.check(&parts)?;
-        if parts.method == Method::HEAD {
-            return Ok(Response::new(Either::Right(Full::new(Bytes::new()))));
-        }
         // CONNECT would turn credproxy into a tunnel; TRACE would echo the request back.
         if parts.method == Method::CONNECT || parts.method == Method::TRACE {
             return Err(ProxyError::MethodNotAllowed {
                 method: parts.method.to_string(),
             });
         }
-        let route = self
+        if let Some(problem) = route::unsafe_path(parts.uri.path()) {
+            return Err(ProxyError::BadPath {
+                path: parts.uri.path().chars().take(200).collect(),
+                problem,
+            });
+        }
+        if parts.method == Method::HEAD {
+            return Ok(Response::new(Either::Right(Full::new(Bytes::new()))));
+        }
+        let entry = self
             .routes
             .find(parts.uri.path())
             .ok_or_else(|| ProxyError::NoRoute {
                 path: parts.uri.path().chars().take(200).collect(),
                 prefixes: self.routes.prefixes().to_string(),
             })?;
+        let route = &entry.route;
         let credential = &self.shared.credentials[route.credential];
         log.route = Some(&route.prefix);
         log.credential = Some(credential.cached.name());
@@ -150,8 +164,20 @@ impl Proxy {
                 route: route.prefix.clone(),
                 reason: reason.clone(),
             })?;
-        let body = body::read_limited(&parts.headers, body, self.shared.max_body).await?;
+        // A place among the route's upstream requests comes first: a queued request holds
+        // its connection, not its body.
+        let slot = self.slot(route, &entry.slots).await?;
+        let body = body::read_limited(
+            &parts.headers,
+            body,
+            self.shared.max_body,
+            self.shared.body_read_timeout,
+        )
+        .await?;
         headers::strip_request(&mut parts.headers);
+        for name in &route.strip_headers {
+            parts.headers.remove(name);
+        }
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -164,7 +190,28 @@ impl Proxy {
                 cause: format!("the upstream URI could not be formed: {e}").into(),
             }
         })?;
-        self.forward(route, credential, parts, body, log).await
+        self.forward(route, credential, parts, body, slot, log)
+            .await
+    }
+
+    /// Waits up to `queue_timeout` for one of the route's in-flight slots.
+    async fn slot(
+        &self,
+        route: &ResolvedRoute,
+        slots: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<OwnedSemaphorePermit, ProxyError> {
+        if let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        let waited = self.shared.queue_timeout;
+        match tokio::time::timeout(waited, Arc::clone(slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ProxyError::Overloaded {
+                route: route.prefix.clone(),
+                limit: route.max_in_flight,
+                waited,
+            }),
+        }
     }
 
     /// Sends the request; when the answer says the credential (or its signature) went bad,
@@ -175,11 +222,13 @@ impl Proxy {
         credential: &Credential,
         parts: http::request::Parts,
         body: Bytes,
+        slot: OwnedSemaphorePermit,
         log: &mut AccessLog<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         log.attempts = 1;
         let first = self.attempt(route, credential, &parts, &body, log).await?;
-        let (response, verdict) =
+        let status = first.response.status();
+        let (answer, verdict) =
             classify(&credential.scheme, first.response)
                 .await
                 .map_err(|e| ProxyError::UpstreamUnreachable {
@@ -192,20 +241,22 @@ impl Proxy {
                     .into(),
                 })?;
         match verdict {
-            Verdict::Deliver | Verdict::Inspect { .. } => return Ok(response),
+            Verdict::Deliver | Verdict::Inspect { .. } => {
+                return Ok(answer.deliver(route, slot));
+            }
             Verdict::Resign => {
                 tracing::debug!(route = %route.prefix, "upstream rejected the signature; signing again");
             }
             Verdict::Refresh => {
                 tracing::info!(route = %route.prefix, credential = %credential.cached.name(),
-                    status = response.status().as_u16(), "upstream rejected the credential; refreshing and replaying once");
+                    status = status.as_u16(), "upstream rejected the credential; refreshing and replaying once");
                 credential.cached.invalidate(&first.credential);
             }
         }
-        drop(response);
+        drop(answer);
         log.attempts = 2;
         let second = self.attempt(route, credential, &parts, &body, log).await?;
-        Ok(deliver(second.response))
+        Ok(Answer::Streaming(second.response).deliver(route, slot))
     }
 
     /// One try: a current credential value, applied afresh, and the upstream's answer.
@@ -272,16 +323,46 @@ impl Proxy {
     }
 }
 
+/// An upstream answer: still streaming, or read whole because the classifier needed its
+/// body (small auth errors).
+enum Answer {
+    Streaming(Response<Incoming>),
+    Read(http::response::Parts, Bytes),
+}
+
+impl Answer {
+    /// The answer as the client gets it: hop-by-hop headers removed; a streaming body
+    /// keeps the route's slot until it ends.
+    fn deliver(self, route: &ResolvedRoute, slot: OwnedSemaphorePermit) -> Response<ResponseBody> {
+        match self {
+            Answer::Streaming(response) => {
+                let (mut parts, body) = response.into_parts();
+                headers::strip_response(&mut parts.headers);
+                let sse = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let body = UpstreamBody::new(body, Some(slot), route.stream_idle_timeout, sse);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Answer::Read(mut parts, bytes) => {
+                headers::strip_response(&mut parts.headers);
+                Response::from_parts(parts, Either::Right(Full::new(bytes)))
+            }
+        }
+    }
+}
+
 /// Applies the scheme's classifier to a first answer. When it asks to see the body and the
-/// body is small and of known length (auth errors are), reads it; the returned response
-/// then carries exactly those bytes. Anything larger streams on untouched.
+/// body is small and of known length (auth errors are), reads it; the answer then carries
+/// exactly those bytes. Anything larger streams on untouched.
 async fn classify(
     scheme: &Scheme,
     response: Response<Incoming>,
-) -> Result<(Response<ResponseBody>, Verdict), hyper::Error> {
+) -> Result<(Answer, Verdict), hyper::Error> {
     let verdict = scheme.classify(response.status(), response.headers());
     let Verdict::Inspect { max_bytes } = verdict else {
-        return Ok((deliver(response), verdict));
+        return Ok((Answer::Streaming(response), verdict));
     };
     let small = response
         .headers()
@@ -289,25 +370,15 @@ async fn classify(
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|len| len <= max_bytes);
     if !small {
-        return Ok((deliver(response), Verdict::Deliver));
+        return Ok((Answer::Streaming(response), Verdict::Deliver));
     }
-    let (mut parts, body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let bytes = body.collect().await?.to_bytes();
     let verdict = match scheme.classify_body(parts.status, &parts.headers, &bytes) {
         Verdict::Inspect { .. } => Verdict::Deliver,
         verdict => verdict,
     };
-    headers::strip_response(&mut parts.headers);
-    Ok((
-        Response::from_parts(parts, Either::Right(Full::new(bytes))),
-        verdict,
-    ))
-}
-
-fn deliver(response: Response<Incoming>) -> Response<ResponseBody> {
-    let (mut parts, body) = response.into_parts();
-    headers::strip_response(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
+    Ok((Answer::Read(parts, bytes), verdict))
 }
 
 fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -3,9 +3,12 @@
 //! Routing looks only at the request path; the client's Host, absolute-form URI or any
 //! header cannot steer a request to a host that is not in the table.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::Uri;
 use http::uri::{InvalidUriParts, PathAndQuery};
+use tokio::sync::Semaphore;
 
 use crate::config::ResolvedRoute as Route;
 use crate::upstream::Upstream;
@@ -13,9 +16,16 @@ use crate::upstream::Upstream;
 #[derive(Debug)]
 pub struct RouteTable {
     /// Longest prefix first.
-    routes: Vec<Route>,
+    entries: Vec<Entry>,
     /// For the 404 message.
     prefixes: String,
+}
+
+/// A route and the slots for its upstream requests in flight.
+#[derive(Debug)]
+pub struct Entry {
+    pub route: Route,
+    pub slots: Arc<Semaphore>,
 }
 
 impl RouteTable {
@@ -26,21 +36,66 @@ impl RouteTable {
             .map(|r| format!("`{}`", r.prefix))
             .collect::<Vec<_>>()
             .join(", ");
-        RouteTable { routes, prefixes }
+        let entries = routes
+            .into_iter()
+            .map(|route| Entry {
+                slots: Arc::new(Semaphore::new(route.max_in_flight)),
+                route,
+            })
+            .collect();
+        RouteTable { entries, prefixes }
     }
 
     /// The route with the longest prefix that matches whole path segments of `path`.
-    pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
+    pub fn find(&self, path: &str) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| prefix_matches(&e.route.prefix, path))
     }
 
     pub fn prefixes(&self) -> &str {
         &self.prefixes
     }
+}
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+/// Why a request path cannot be routed safely, if it cannot: it must be a path (not `*`),
+/// and no segment may be `.` or `..`, written plainly or percent-encoded, nor hide one
+/// behind an encoded slash or backslash (`..%2F`, `%2e%2e%5c`). A dot-segment would let a
+/// client leave the route's base path on an upstream that normalises paths; legitimate API
+/// paths never hold one, and normalising here would change the bytes credproxy forwards
+/// (and signs). So such requests are refused, not rewritten.
+pub fn unsafe_path(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("is not an absolute path");
     }
+    let dotted = path.split('/').any(|segment| {
+        let decoded = percent_decode(segment.as_bytes());
+        decoded
+            .split(|b| *b == b'/' || *b == b'\\')
+            .any(|part| part == b"." || part == b"..")
+    });
+    dotted.then_some("has a `.` or `..` segment")
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -113,6 +168,9 @@ mod tests {
             }),
             template: None,
             credential: 0,
+            max_in_flight: 8,
+            stream_idle_timeout: None,
+            strip_headers: Vec::new(),
         }
     }
 
@@ -140,20 +198,52 @@ mod tests {
                 "https://bedrock.us-east-1.amazonaws.com",
             ),
         ]);
-        assert_eq!(table.find("/v1/messages").unwrap().prefix, "/");
-        assert_eq!(table.find("/bedrock").unwrap().prefix, "/bedrock");
+        assert_eq!(table.find("/v1/messages").unwrap().route.prefix, "/");
+        assert_eq!(table.find("/bedrock").unwrap().route.prefix, "/bedrock");
         assert_eq!(
-            table.find("/bedrock/model/x/invoke").unwrap().prefix,
+            table.find("/bedrock/model/x/invoke").unwrap().route.prefix,
             "/bedrock"
         );
         assert_eq!(
-            table.find("/bedrock/control/x").unwrap().prefix,
+            table.find("/bedrock/control/x").unwrap().route.prefix,
             "/bedrock/control"
         );
-        assert_eq!(table.find("/bedrockx").unwrap().prefix, "/");
+        assert_eq!(table.find("/bedrockx").unwrap().route.prefix, "/");
         let no_root = RouteTable::new(vec![route("/vertex", "https://aiplatform.googleapis.com")]);
         assert!(no_root.find("/v1/messages").is_none());
         assert_eq!(no_root.prefixes(), "`/vertex`");
+    }
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_refused() {
+        for path in [
+            "/s/../../etc/passwd",
+            "/s/./x",
+            "/s/%2e%2e/x",
+            "/s/%2E%2e/x",
+            "/s/.%2E/x",
+            "/s/..",
+            "/s/..%2fetc",
+            "/s/%2e%2e%5cetc",
+            "/..",
+        ] {
+            assert_eq!(
+                unsafe_path(path),
+                Some("has a `.` or `..` segment"),
+                "{path}"
+            );
+        }
+        assert_eq!(unsafe_path("*"), Some("is not an absolute path"));
+        for path in [
+            "/v1/messages",
+            "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke",
+            "/model/arn:aws:bedrock:us-east-1:1:application-inference-profile%2Fabc/invoke",
+            "/a/.hidden/b..c/...",
+            "/%2e%2e%2e",
+            "/",
+        ] {
+            assert_eq!(unsafe_path(path), None, "{path}");
+        }
     }
 
     #[test]

@@ -373,3 +373,67 @@ async fn sigterm_lets_an_open_stream_finish_before_exiting() {
     let status = proxy.exit_status().await;
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn every_problem_is_reported_at_once_and_zero_or_absurd_limits_are_refused() {
+    let scratch = Scratch::new();
+    let config = r#"listen = "127.0.0.1:0"
+lisen = "127.0.0.1:1"
+upstream_timeout = "0s"
+max_body = "0B"
+max_connections = 0
+
+[credentials.key]
+kind = "api_key"
+helper = "cat key"
+helper_timeout = "0s"
+envv = "X"
+
+[[routes]]
+prefix = "/"
+upstream = "https://api.anthropic.com"
+credential = "key"
+stream_idle_timeout = "0s"
+upstream_typo = "x"
+"#;
+    let (status, _, stderr) = credproxy(&scratch, config).run("check");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let file = scratch.path("credproxy.toml").display().to_string();
+    for expected in [
+        format!("{file}:2:1: unknown field `lisen`"),
+        format!("{file}:3:20: `0s` is outside the allowed range 100ms to 1day"),
+        format!("{file}:4:12: `0B` is outside the allowed range 1.0 KiB to 1.0 GiB"),
+        format!("{file}:5:19: `max_connections` = 0 is outside the allowed range 1 to 1000000"),
+        format!("{file}:10:18: `0s` is outside the allowed range 100ms to 1h"),
+        format!("{file}:11:1: unknown field `envv`"),
+        format!("{file}:17:23: `0s` is outside the allowed range 1s to 1day"),
+        format!("{file}:18:1: unknown field `upstream_typo`"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("help: write a duration between"),
+        "{stderr}"
+    );
+
+    // A file that is not UTF-8 is told apart from a missing one.
+    let path = scratch.path("latin1.toml");
+    std::fs::write(&path, b"listen = \"127.0.0.1:0\"\n# caf\xe9\n").unwrap();
+    let (status, _, stderr) = credproxy_default(&scratch)
+        .arg("--config")
+        .arg(path.to_str().unwrap())
+        .run("check");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains(&format!(
+            "{}:2:6: the config file is not UTF-8 text",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("help: save the file as UTF-8"), "{stderr}");
+    assert!(!stderr.contains("pass an existing file"), "{stderr}");
+}

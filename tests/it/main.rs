@@ -5,6 +5,8 @@ mod aws;
 mod azure;
 mod cli;
 mod google;
+mod hardening;
 mod layers;
+mod properties;
 mod proxy;
 mod support;

@@ -5,9 +5,14 @@
 //!   issuer expiries); a key with no expiry lives until an upstream rejects it.
 //! - **Single-flight**: concurrent requests for a cold or expired credential share one
 //!   fetch; an error reaches every request that waited for that fetch and is not kept.
-//! - **Refresh-ahead**: once three quarters of a value's life has passed, the first request
-//!   to notice starts one background fetch and carries on with the current value, so in
-//!   steady state no request waits for a source.
+//! - **Refresh-ahead**: once three quarters of an issuer's token life has passed, the first
+//!   request to notice starts one background fetch and carries on with the current value,
+//!   so in steady state no request waits for a source.
+//! - **A TTL is a TTL**: a value with our own time-to-live (a helper's output, a re-read
+//!   file) is renewed when the TTL is over, never before, so a helper that may prompt the
+//!   user runs at most once per `ttl` (plus once per rejection). The first request after
+//!   the TTL starts the renewal in the background and keeps the current value for a short
+//!   grace; after the grace, requests wait for that same run.
 //! - **Serve-last-good**: when that background fetch fails, the current value keeps being
 //!   served until it expires, and the refresh is tried again after a pause.
 //! - **Conditional invalidation**: an auth failure drops the value only if it is still the
@@ -27,6 +32,8 @@ use super::{Credential, Fetched, Lifetime, SharedCredential, Source, SourceError
 
 /// How much earlier than the issuer's expiry a value stops being used, at most.
 const MAX_SKEW: Duration = Duration::from_secs(60);
+/// How long past its TTL a value is still served while its renewal runs, at most.
+const MAX_TTL_GRACE: Duration = Duration::from_secs(30);
 
 /// Unique across every cell, so a generation names one fetched value.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -198,13 +205,18 @@ impl Cached {
 fn entry(fetched: Fetched) -> Entry {
     let now = Instant::now();
     let wall_now = SystemTime::now();
-    let (expires_at, usable_for) = match fetched.lifetime {
-        Lifetime::UntilRejected => (None, None),
-        Lifetime::Ttl(ttl) => (Some(wall_now + ttl), Some(ttl)),
+    // (when the value expires, when to start renewing it, until when it may be served)
+    let (expires_at, refresh_after, usable_for) = match fetched.lifetime {
+        Lifetime::UntilRejected => (None, None, None),
+        Lifetime::Ttl(ttl) => {
+            let grace = MAX_TTL_GRACE.min(ttl / 2);
+            (Some(wall_now + ttl), Some(ttl), Some(ttl + grace))
+        }
         Lifetime::IssuerExpiry(at) => {
             let lifetime = at.duration_since(wall_now).unwrap_or_default();
             let skew = MAX_SKEW.min(lifetime / 4);
-            (Some(at), Some(lifetime - skew))
+            let usable = lifetime - skew;
+            (Some(at), Some(usable * 3 / 4), Some(usable))
         }
     };
     Entry {
@@ -213,7 +225,7 @@ fn entry(fetched: Fetched) -> Entry {
             expires_at,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         }),
-        refresh_at: usable_for.map(|d| now + d * 3 / 4),
+        refresh_at: refresh_after.map(|d| now + d),
         valid_until: usable_for.map(|d| now + d),
         refreshing: AtomicBool::new(false),
     }

@@ -22,7 +22,7 @@ impl Scratch {
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         for tool in [
-            "sh", "cat", "sleep", "echo", "printf", "head", "tr", "dirname", "kill",
+            "sh", "cat", "sleep", "echo", "printf", "head", "tr", "dirname", "kill", "date",
         ] {
             let found = ["/usr/bin", "/bin"]
                 .iter()
@@ -64,6 +64,8 @@ pub struct Spawn<'a> {
     listeners: usize,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// Runs the binary with this limit on open files (`ulimit -n`), through `sh`.
+    open_files: Option<u32>,
 }
 
 /// Like [`credproxy`], with the embedded default config.
@@ -74,6 +76,7 @@ pub fn credproxy_default(scratch: &Scratch) -> Spawn<'_> {
         listeners: 1,
         env: Vec::new(),
         args: Vec::new(),
+        open_files: None,
     }
 }
 
@@ -86,6 +89,7 @@ pub fn credproxy<'a>(scratch: &'a Scratch, config: &str) -> Spawn<'a> {
         listeners: 1,
         env: Vec::new(),
         args: Vec::new(),
+        open_files: None,
     }
 }
 
@@ -107,13 +111,32 @@ impl Spawn<'_> {
         self
     }
 
+    /// Starts credproxy with at most `limit` open files (soft and hard).
+    pub fn open_files(mut self, limit: u32) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.into());
         self
     }
 
     fn command(&self, subcommand: Option<&str>) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_credproxy"));
+        // CREDPROXY_TEST_BINARY runs the suite against another build (an older one, to see
+        // a test fail before its fix).
+        let binary = std::env::var("CREDPROXY_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_credproxy").to_string());
+        let mut command = match self.open_files {
+            None => Command::new(binary),
+            Some(limit) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(&binary);
+                sh
+            }
+        };
         if let Some(config) = &self.config {
             command
                 .arg("--config")

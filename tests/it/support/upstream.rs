@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -49,6 +50,11 @@ pub enum Reply {
     },
     /// Never answers.
     Hang,
+    /// Answers `reply` after `delay`.
+    After {
+        delay: std::time::Duration,
+        reply: Box<Reply>,
+    },
 }
 
 impl Reply {
@@ -74,6 +80,9 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     tls: bool,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Connections open now, and accepted in all.
+    open: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -100,6 +109,9 @@ impl FakeUpstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let recorded = Arc::clone(&requests);
+        let open = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (open_count, accepted_count) = (Arc::clone(&open), Arc::clone(&accepted));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -108,7 +120,10 @@ impl FakeUpstream {
                 let handler = Arc::clone(&handler);
                 let recorded = Arc::clone(&recorded);
                 let tls = tls.clone();
+                accepted_count.fetch_add(1, Ordering::SeqCst);
+                let open = OpenConnection::new(&open_count);
                 tokio::spawn(async move {
+                    let _open = open;
                     let service = service_fn(move |req: Request<Incoming>| {
                         let handler = Arc::clone(&handler);
                         let recorded = Arc::clone(&recorded);
@@ -138,6 +153,8 @@ impl FakeUpstream {
             addr,
             tls: is_tls,
             requests,
+            open,
+            accepted,
             task,
         }
     }
@@ -181,6 +198,16 @@ impl FakeUpstream {
         self.requests.lock().unwrap().clone()
     }
 
+    /// Connections open at the moment.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since the start.
+    pub fn accepted_connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
@@ -214,7 +241,11 @@ async fn answer(
         body,
     };
     recorded.lock().unwrap().push(request.clone());
-    match handler(&request) {
+    respond(handler(&request)).await
+}
+
+async fn respond(reply: Reply) -> Response<BoxBody<Bytes, Infallible>> {
+    match reply {
         Reply::Full {
             status,
             headers,
@@ -255,6 +286,27 @@ async fn answer(
             std::future::pending::<()>().await;
             unreachable!()
         }
+        Reply::After { delay, reply } => {
+            tokio::time::sleep(delay).await;
+            let reply = *reply;
+            Box::pin(respond(reply)).await
+        }
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(Arc::clone(count))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

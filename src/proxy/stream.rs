@@ -1,0 +1,109 @@
+//! The upstream's response body on its way to the client: passed through frame by frame,
+//! holding the route's in-flight slot until it ends, and ended by credproxy when the route
+//! has a `stream_idle_timeout` and the upstream sends nothing for that long (an SSE stream
+//! gets a final `error` event in the Anthropic shape, so SDKs report why it stopped).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    _slot: Option<OwnedSemaphorePermit>,
+    idle: Option<Idle>,
+    ended: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    after: Duration,
+    timer: Pin<Box<Sleep>>,
+    sse: bool,
+}
+
+/// The upstream went quiet for longer than the route allows.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {}; credproxy ended the response (`stream_idle_timeout`)", humantime::format_duration(*.0))]
+pub struct StreamStalled(Duration);
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        slot: Option<OwnedSemaphorePermit>,
+        idle_timeout: Option<Duration>,
+        sse: bool,
+    ) -> Self {
+        UpstreamBody {
+            inner,
+            _slot: slot,
+            idle: idle_timeout.map(|after| Idle {
+                after,
+                timer: Box::pin(tokio::time::sleep(after)),
+                sse,
+            }),
+            ended: false,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(frame)) => {
+                if let Some(idle) = &mut self.idle {
+                    let deadline = tokio::time::Instant::now() + idle.after;
+                    idle.timer.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(frame.map_err(BoxError::from)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let Some(idle) = &mut self.idle else {
+                    return Poll::Pending;
+                };
+                if idle.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let stalled = StreamStalled(idle.after);
+                let sse = idle.sse;
+                self.ended = true;
+                if sse {
+                    let event = serde_json::json!({
+                        "type": "error",
+                        "error": {"type": "timeout_error", "message": format!("credproxy: {stalled}")},
+                    });
+                    let frame = format!("event: error\ndata: {event}\n\n");
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(frame)))))
+                } else {
+                    Poll::Ready(Some(Err(Box::new(stalled))))
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,243 @@
+//! Accepting connections: HTTP/1.1 and h2c on every listener, with limits that keep any
+//! one client from pinning credproxy, and graceful shutdown.
+//!
+//! - Each listener accepts at most `max_connections` at once; beyond that, new connections
+//!   wait in the kernel's backlog (cheap) until one closes, and that is logged once per
+//!   interval, never per connection.
+//! - Each connection has a watchdog ([`connection::Activity`]): a request head must arrive
+//!   within `header_read_timeout` of its first byte, and a connection with no request in
+//!   flight is closed after `idle_timeout`. So idle or slow sockets are reaped, and when
+//!   file descriptors run out credproxy recovers by itself.
+//! - [`run`] takes listeners that are already bound and a shutdown future, so tests and
+//!   `main` bind where they like (`127.0.0.1:0`) and learn the port before serving.
+
+pub mod connection;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Limits;
+use crate::proxy::Proxy;
+use connection::{Activity, Expired, Tracked, Watched};
+
+/// A bound listener and the proxy that serves it.
+pub struct Bound {
+    pub listener: TcpListener,
+    pub proxy: Arc<Proxy>,
+}
+
+/// How long a connection told to close (idle, shutdown) may take to do so.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// At most one "limit reached" or "accept failed" line per listener per interval.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What every connection task shares.
+struct Context {
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+    /// Held by every connection task; `run` waits for all to be dropped.
+    open: mpsc::Sender<()>,
+    count: Arc<AtomicUsize>,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests and
+/// streams up to `grace` to finish before dropping them.
+pub async fn run(
+    bound: Vec<Bound>,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The watchdog keeps the clocks (hyper's header timer would also run while idle).
+    builder.http1().header_read_timeout(None);
+    builder
+        .http2()
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(32);
+    let context = Arc::new(Context {
+        builder,
+        limits: limits.clone(),
+        shutdown: stopped,
+        open,
+        count: Arc::clone(&count),
+    });
+    let mut accept_loops = JoinSet::new();
+    for Bound { listener, proxy } in bound {
+        accept_loops.spawn(accept(listener, proxy, Arc::clone(&context)));
+    }
+    drop(context);
+    shutdown.await;
+    // Dropping the accept loops closes the listening sockets.
+    accept_loops.shutdown().await;
+    let _ = stop.send(true);
+    let open = count.load(Ordering::Acquire);
+    if open > 0 {
+        tracing::info!(open, grace = %humantime::format_duration(grace), "waiting for open connections to finish");
+    }
+    tokio::select! {
+        _ = all_closed.recv() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+}
+
+/// Rate-limits a repeated warning: the first occurrence is logged, the rest are counted
+/// and reported with the next line after `LOG_EVERY`.
+struct Throttled {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn new() -> Self {
+        Throttled {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Some(number suppressed since the last line) when a line is due.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|at| now < at + LOG_EVERY) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+async fn accept(listener: TcpListener, proxy: Arc<Proxy>, context: Arc<Context>) {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let slots = Arc::new(Semaphore::new(context.limits.max_connections));
+    let mut full = Throttled::new();
+    let mut failing = Throttled::new();
+    loop {
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if let Some(suppressed) = full.due() {
+                    tracing::warn!(listener = %addr, max_connections = context.limits.max_connections, suppressed,
+                        "connection limit reached; new connections wait until open ones close");
+                }
+                Arc::clone(&slots)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                if let Some(suppressed) = failing.due() {
+                    tracing::warn!(listener = %addr, %error, suppressed,
+                        "accept failed; pausing (out of file descriptors? open connections are closed by their timeouts)");
+                }
+                // Out of file descriptors and the like: pause instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let context = Arc::clone(&context);
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            serve(stream, peer, proxy, &context).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one connection until it ends, its watchdog closes it, or shutdown asks it to
+/// finish.
+async fn serve(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, context: &Context) {
+    let _open = context.open.clone();
+    context.count.fetch_add(1, Ordering::AcqRel);
+    let _ = stream.set_nodelay(true);
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let in_flight = activity.request_started(request.version() == http::Version::HTTP_2);
+            let proxy = Arc::clone(&proxy);
+            async move {
+                let response = proxy.handle(request).await;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Tracked::new(body, in_flight)),
+                )
+            }
+        })
+    };
+    let connection = context.builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut shutdown = context.shutdown.clone();
+    let limits = &context.limits;
+    // Once the connection was asked to close: the time by which it must have.
+    let mut closing: Option<Instant> = None;
+    loop {
+        let watchdog = activity.deadline(limits.header_read_timeout, limits.idle_timeout);
+        let wake = match (closing, watchdog) {
+            (Some(by), _) => Some(by),
+            (None, Some((at, _))) => Some(at),
+            (None, None) => None,
+        };
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%peer, error = %error, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                // The server's grace period bounds this wait, not CLOSE_GRACE.
+                closing = Some(Instant::now() + Duration::from_secs(24 * 3600));
+            }
+            _ = sleep_until(wake) => {
+                if let Some(by) = closing {
+                    if Instant::now() >= by {
+                        tracing::debug!(%peer, "connection did not close in time; dropping it");
+                        break;
+                    }
+                    continue;
+                }
+                if let Some((at, why)) = activity.deadline(limits.header_read_timeout, limits.idle_timeout)
+                    && Instant::now() >= at
+                {
+                    match why {
+                        Expired::SlowHead => tracing::debug!(%peer, "request head too slow; closing the connection"),
+                        Expired::Idle => tracing::debug!(%peer, "connection idle; closing it"),
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now() + CLOSE_GRACE);
+                }
+            }
+        }
+    }
+    context.count.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
