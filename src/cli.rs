@@ -5,9 +5,47 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Resolved;
+use crate::config::{Config, Resolved};
+use crate::credentials::KeychainItem;
 use crate::credentials::Lifetime;
 use crate::kinds::ClientEnv;
+use crate::kinds::key_source::KeyFrom;
+
+/// Whether any credential reads its key from the keychain.
+pub fn uses_keychain(config: &Config) -> bool {
+    config.credentials.iter().any(|c| {
+        matches!(
+            c.spec.key_source().and_then(|s| s.from.as_ref()),
+            Some(KeyFrom::Keychain(_))
+        )
+    })
+}
+
+/// The keychain item credential `name` reads its key from (`credproxy secret`).
+pub fn keychain_item(config: &Config, name: &str) -> Result<KeychainItem, String> {
+    let Some(credential) = config.credentials.iter().find(|c| c.name == name) else {
+        let names: Vec<String> = config
+            .credentials
+            .iter()
+            .map(|c| format!("`{}`", c.name))
+            .collect();
+        return Err(format!(
+            "{} has no credential `{name}`; its credentials are {}",
+            config.origin.display_name(),
+            names.join(", ")
+        ));
+    };
+    match credential
+        .spec
+        .key_source()
+        .and_then(|source| source.from.as_ref())
+    {
+        Some(KeyFrom::Keychain(item)) => Ok(item.clone()),
+        _ => Err(format!(
+            "credential `{name}` does not read its key from the keychain; write `keychain = \"credproxy/{name}\"` in [credentials.{name}] (instead of `env`, `file`, `value` or `helper`)"
+        )),
+    }
+}
 
 /// One row of the `check` table.
 #[derive(Debug)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use credproxy::cli;
 use credproxy::config::{Config, EMBEDDED_DEFAULT, Resolved};
+use credproxy::credentials::{Secret, keychain};
 use credproxy::kinds::Environment;
 use credproxy::proxy::{self, Proxy, Shared};
 use credproxy::server::{self, Bound};
@@ -42,6 +43,20 @@ enum Command {
     Env,
     /// Print the embedded default config.
     DefaultConfig,
+    /// Store or remove a credential's key in the OS keychain (`keychain = ...` in its table).
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretAction {
+    /// Store the key of credential NAME: read from the terminal without echo, or from
+    /// standard input when it is piped.
+    Set { name: String },
+    /// Remove the key stored for credential NAME.
+    Delete { name: String },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +76,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Secret { action }) = &args.command {
+        return secret(&config, action);
+    }
+    // Opened before any worker thread starts: on Linux, joining a session keyring is a
+    // change of this thread's credentials, which only threads started later inherit.
+    if cli::uses_keychain(&config) {
+        let _ = keychain::platform_store();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +103,79 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::DefaultConfig => unreachable!("handled before logging starts"),
+        Command::Secret { .. } => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// `credproxy secret set|delete NAME`.
+fn secret(config: &Config, action: &SecretAction) -> ExitCode {
+    let name = match action {
+        SecretAction::Set { name } | SecretAction::Delete { name } => name,
+    };
+    let item = match cli::keychain_item(config, name) {
+        Ok(item) => item,
+        Err(error) => {
+            eprintln!("credproxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match keychain::platform_store() {
+        Ok(store) => store,
+        Err(missing) => {
+            eprintln!("credproxy: {missing}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match action {
+        SecretAction::Set { .. } => read_secret(name, &item).and_then(|secret| {
+            keychain::store_key(&store, &item, &secret)
+                .map(|()| format!("stored the key of credential `{name}` in keychain {item}"))
+        }),
+        SecretAction::Delete { .. } => keychain::delete_key(&store, &item).and_then(|deleted| {
+            if deleted {
+                Ok(format!(
+                    "removed the key of credential `{name}` from keychain {item}"
+                ))
+            } else {
+                Err(format!(
+                    "keychain {item} holds no key for credential `{name}`"
+                ))
+            }
+        }),
+    };
+    match outcome {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credproxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The key from the terminal without echo, or from standard input when it is piped.
+fn read_secret(name: &str, item: &keychain::KeychainItem) -> Result<Secret, String> {
+    use std::io::{IsTerminal, Read};
+    let text = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("key for credential `{name}` (keychain {item}): "))
+            .map_err(|e| format!("cannot read the key from the terminal: {e}"))?
+    } else {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+        text
+    };
+    let key = text.trim();
+    if key.is_empty() {
+        return Err("no key was given; type it at the prompt or pipe it in".to_string());
+    }
+    if key.contains(['\n', '\r']) {
+        return Err("the key spans more than one line; give the key alone".to_string());
+    }
+    Ok(Secret::new(key))
 }
 
 async fn check(resolved: Resolved) -> ExitCode {

@@ -13,6 +13,7 @@ pub mod azure;
 pub mod cache;
 pub mod google;
 pub mod helper;
+pub mod keychain;
 mod secret;
 pub mod static_key;
 
@@ -27,6 +28,7 @@ pub use azure::AzureChain;
 pub use cache::Cached;
 pub use google::GoogleChain;
 pub use helper::Helper;
+pub use keychain::{Keychain, KeychainItem};
 pub use secret::Secret;
 pub use static_key::StaticKey;
 
@@ -228,6 +230,7 @@ impl std::error::Error for SourceError {
 pub enum Source {
     Static(StaticKey),
     Helper(Helper),
+    Keychain(Keychain),
     /// Boxed: the loaded chain is large and there is one per credential, not per request.
     Aws(Box<AwsChain>),
     Google(GoogleChain),
@@ -243,6 +246,7 @@ impl Source {
         match self {
             Source::Static(source) => source.fetch().await,
             Source::Helper(source) => source.fetch().await,
+            Source::Keychain(source) => source.fetch().await,
             Source::Aws(source) => source.fetch().await,
             Source::Google(source) => source.fetch().await,
             Source::Azure(source) => source.fetch().await,
@@ -257,6 +261,7 @@ impl Source {
         match self {
             Source::Static(source) => source.describe(),
             Source::Helper(source) => source.describe(),
+            Source::Keychain(source) => source.describe(),
             Source::Aws(source) => source.describe(),
             Source::Google(source) => source.describe(),
             Source::Azure(source) => source.describe(),

@@ -37,10 +37,10 @@ impl Spec for AcsSpec {
         "acs"
     }
 
-    fn resolve<'a>(&'a self, _name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {
+    fn resolve<'a>(&'a self, name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {
         Box::pin(async move {
             Binding {
-                source: Source::Acs(Box::new(self.source.resolve(env))),
+                source: Source::Acs(Box::new(self.source.resolve(name, env))),
                 scheme: Scheme::AcsHmac(AcsHmacScheme),
                 facts: Facts::default(),
             }
@@ -52,5 +52,9 @@ impl Spec for AcsSpec {
             "requests are signed with the ACS access key (HMAC-SHA256); clients send unsigned requests"
                 .to_string(),
         )
+    }
+
+    fn key_source(&self) -> Option<&super::key_source::KeySource> {
+        Some(&self.source)
     }
 }

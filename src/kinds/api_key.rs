@@ -68,10 +68,10 @@ impl Spec for KeySpec {
         }
     }
 
-    fn resolve<'a>(&'a self, _name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {
+    fn resolve<'a>(&'a self, name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {
         Box::pin(async move {
             Binding {
-                source: self.source.resolve(env),
+                source: self.source.resolve(name, env),
                 scheme: Scheme::Header(HeaderScheme::new(self.apply.clone(), self.rejection)),
                 facts: Facts::default(),
             }
@@ -85,5 +85,9 @@ impl Spec for KeySpec {
                 region: region_from_host(route.upstream.host()).map(str::to_string),
             },
         }
+    }
+
+    fn key_source(&self) -> Option<&super::key_source::KeySource> {
+        Some(&self.source)
     }
 }

@@ -194,4 +194,8 @@ impl Spec for AwsSpec {
             ))
         }
     }
+
+    fn key_source(&self) -> Option<&super::key_source::KeySource> {
+        None
+    }
 }

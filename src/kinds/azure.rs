@@ -175,4 +175,8 @@ impl Spec for AzureSpec {
             )
         }
     }
+
+    fn key_source(&self) -> Option<&super::key_source::KeySource> {
+        None
+    }
 }

@@ -162,6 +162,10 @@ impl Spec for GoogleSpec {
             )
         }
     }
+
+    fn key_source(&self) -> Option<&super::key_source::KeySource> {
+        None
+    }
 }
 
 /// The Vertex AI host for a region: `global` and the `us`/`eu` multi-regions have their own.

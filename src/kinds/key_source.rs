@@ -9,7 +9,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::{Environment, ReadContext, check_env_name};
-use crate::credentials::{Helper, Secret, Source, StaticKey};
+use crate::credentials::keychain::{self, KeychainItem};
+use crate::credentials::{Helper, Keychain, Secret, Source, StaticKey};
 use crate::fields::{Checker, ConfigPath, Table, Text};
 use crate::headers::{is_client_credential, is_never_forwarded};
 use crate::schemes::Apply;
@@ -42,16 +43,22 @@ pub enum KeyFrom {
     },
     Literal(Secret),
     Helper(String),
+    Keychain(KeychainItem),
 }
 
 impl KeySource {
-    /// Reads `env`, `file`, `value`, `helper`, `helper_env`, `ttl` and `helper_timeout`.
+    /// Reads `env`, `file`, `value`, `helper`, `keychain`, `helper_env`, `ttl` and
+    /// `helper_timeout`.
     pub fn read(table: &mut Table, cx: &mut Checker, at: &ReadContext) -> Option<KeySource> {
         let before = cx.count();
         let env = table.string(cx, "env");
         let file = table.string(cx, "file");
         let value = table.string(cx, "value");
         let helper = table.string(cx, "helper");
+        let keychain_at = table
+            .value("keychain")
+            .map(|v| Text::new(v.span(), String::new()));
+        let keychain = read_keychain(table, cx, at);
         let helper_env = table.string(cx, "helper_env");
         let ttl = table.string(cx, "ttl");
         let helper_timeout = table.string(cx, "helper_timeout");
@@ -62,6 +69,7 @@ impl KeySource {
             ("file", &file),
             ("value", &value),
             ("helper", &helper),
+            ("keychain", &keychain_at),
         ]
         .into_iter()
         .filter_map(|(key, v)| v.as_ref().map(|t| (key, t)))
@@ -75,7 +83,7 @@ impl KeySource {
                     sources.len(),
                     keys.join(", ")
                 ),
-                "keep exactly one of `env`, `file`, `value` or `helper` (a `helper_env` may stand beside it)".to_string(),
+                "keep exactly one of `env`, `file`, `value`, `helper` or `keychain` (a `helper_env` may stand beside it)".to_string(),
             );
         }
         if sources.is_empty() && helper_env.is_none() {
@@ -88,6 +96,7 @@ impl KeySource {
         for (key, text) in sources
             .iter()
             .copied()
+            .filter(|(key, _)| *key != "keychain")
             .chain(helper_env.as_ref().map(|t| ("helper_env", t)))
         {
             if text.get_ref().trim().is_empty() {
@@ -138,6 +147,8 @@ impl KeySource {
             })
         } else if let Some(value) = value {
             Some(KeyFrom::Literal(Secret::new(value.get_ref().trim())))
+        } else if let Some(item) = keychain {
+            Some(KeyFrom::Keychain(item))
         } else {
             helper.map(|h| KeyFrom::Helper(h.into_inner()))
         };
@@ -151,7 +162,7 @@ impl KeySource {
 
     /// The source this key comes from in `env`: the helper named by `helper_env` when
     /// that variable is set, else `from`.
-    pub fn resolve(&self, env: &Environment) -> Source {
+    pub fn resolve(&self, name: &str, env: &Environment) -> Source {
         if let Some(var) = &self.helper_env
             && let Some(command) = env.get(var)
         {
@@ -176,10 +187,51 @@ impl KeySource {
                 self.helper_ttl,
                 self.helper_timeout,
             )),
+            Some(KeyFrom::Keychain(item)) => match keychain::platform_store() {
+                Ok(store) => Source::Keychain(Keychain::new(name.to_string(), item.clone(), store)),
+                Err(missing) => Source::Unavailable(format!("keychain {item}: {missing}")),
+            },
             None => Source::Unavailable(format!(
                 "{} is not set; set it to a command that prints the key",
                 self.helper_env.as_deref().unwrap_or("the helper variable")
             )),
+        }
+    }
+}
+
+/// `keychain = "SERVICE/ACCOUNT"` or `keychain = { service = "...", account = "..." }`.
+fn read_keychain(table: &mut Table, cx: &mut Checker, at: &ReadContext) -> Option<KeychainItem> {
+    let value = table.value("keychain")?;
+    let hint = format!(
+        "write `keychain = \"credproxy/{0}\"` (service/account) or `keychain = {{ service = \"credproxy\", account = \"{0}\" }}`",
+        at.name
+    );
+    let item = if let Some(text) = value.get_ref().as_str() {
+        text.split_once('/').map(|(service, account)| KeychainItem {
+            service: service.trim().to_string(),
+            account: account.trim().to_string(),
+        })
+    } else if let Some(entries) = value.get_ref().as_table() {
+        let mut inner = Table::new(entries, value.span());
+        let service = inner.string(cx, "service");
+        let account = inner.string(cx, "account");
+        inner.finish(cx);
+        service.zip(account).map(|(s, a)| KeychainItem {
+            service: s.into_inner(),
+            account: a.into_inner(),
+        })
+    } else {
+        None
+    };
+    match item {
+        Some(item) if !item.service.is_empty() && !item.account.is_empty() => Some(item),
+        _ => {
+            cx.report(
+                value.span(),
+                "`keychain` names no service and account",
+                hint,
+            );
+            None
         }
     }
 }

@@ -79,6 +79,9 @@ pub trait Spec: std::any::Any + std::fmt::Debug + Send + Sync {
 
     /// What a client of a route on this credential sets (`credproxy env`).
     fn client_env(&self, route: &RouteView<'_>) -> ClientEnv;
+
+    /// Where its key comes from, for key-shaped kinds (`credproxy secret` writes there).
+    fn key_source(&self) -> Option<&key_source::KeySource>;
 }
 
 /// A credential bound to the environment: where its value comes from, how it goes onto a

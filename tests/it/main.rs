@@ -6,6 +6,7 @@ mod azure;
 mod cli;
 mod google;
 mod hardening;
+mod keychain;
 mod layers;
 mod properties;
 mod proxy;

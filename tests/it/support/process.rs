@@ -169,6 +169,31 @@ impl Spawn<'_> {
         )
     }
 
+    /// Runs `credproxy ARGS...` to completion with `input` on its standard input.
+    pub async fn run_with_input(self, args: &[&str], input: &str) -> (ExitStatus, String, String) {
+        use std::io::Write;
+        let mut command = self.command(None);
+        command.args(args).stdin(Stdio::piped());
+        let input = input.to_string();
+        let output = tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// [`run`](Self::run) from async code, without blocking the runtime the fakes run on.
     pub async fn run_async(self, subcommand: &str) -> (ExitStatus, String, String) {
         let mut command = self.command(Some(subcommand));
