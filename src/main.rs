@@ -15,6 +15,12 @@ use credproxy::proxy::{self, Proxy, Shared};
 use credproxy::server::{self, Bound};
 use credproxy::telemetry::{self, LogFormat};
 
+/// jemalloc with its background purging thread: memory freed after a burst goes back to
+/// the system within seconds (glibc's allocator kept a 5,000-request burst's ~50 MiB; see
+/// docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A local authenticating reverse proxy for AI model APIs: point a client's base URL at it,
 /// and it adds the real credential to every request.
 #[derive(Debug, Parser)]

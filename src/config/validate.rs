@@ -200,11 +200,11 @@ fn guard(root: &mut Table, cx: &mut Checker) -> GuardConfig {
     let hosts = root.strings(cx, "allowed_hosts");
     for host in hosts.iter().flat_map(|h| h.get_ref()) {
         let name = host.get_ref().trim().to_ascii_lowercase();
-        if name.is_empty() || name.contains(['/', ' ']) {
+        if name.is_empty() || name.contains(['/', ' ', ':', '[', ']', '@']) {
             cx.report(
                 host.span(),
                 format!("`{}` is not a host name", host.get_ref()),
-                "write a bare host name such as \"credproxy.internal\"".to_string(),
+                "write a bare host name without a port, such as \"credproxy.internal\"".to_string(),
             );
         } else {
             guard.allowed_hosts.push(name);
@@ -305,16 +305,7 @@ fn credential(
                 ),
             );
         } else {
-            let expected: Vec<String> = table.asked().iter().map(|k| format!("`{k}`")).collect();
-            cx.report(
-                key_span,
-                format!(
-                    "unknown field `{key}`, expected one of {}",
-                    expected.join(", ")
-                ),
-                "remove the key or correct its spelling; the keys this table takes are listed above"
-                    .to_string(),
-            );
+            table.report_unknown(cx, key, key_span);
         }
     }
     spec.filter(|_| cx.count() == before)

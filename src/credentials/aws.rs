@@ -15,6 +15,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_types::region::Region;
 use tokio::sync::OnceCell;
 
@@ -184,15 +185,25 @@ fn link(credentials: &Credentials) -> Option<String> {
     (!names.is_empty()).then(|| names.join(" + "))
 }
 
+/// AWS's words for configuration problems are shown; a provider's own failure can quote a
+/// `credential_process`'s stderr or an endpoint's answer, so it goes to the log only.
 fn classify(source: &str, error: CredentialsError) -> SourceError {
     match error {
         CredentialsError::CredentialsNotLoaded(_) => SourceError::not_configured(format!(
             "{source} found no credentials; configure AWS credentials (AWS_ACCESS_KEY_ID, a profile, SSO, a container or instance role)"
-        )),
-        CredentialsError::InvalidConfiguration(_) => SourceError::unrecoverable(source),
-        _ => SourceError::transient(source),
+        ))
+        .caused_by(error),
+        CredentialsError::InvalidConfiguration(_) => {
+            SourceError::unrecoverable(source).caused_by(error)
+        }
+        CredentialsError::ProviderTimedOut(_) => {
+            SourceError::transient(format!("{source} timed out")).caused_by(error)
+        }
+        _ => SourceError::transient(format!(
+            "{source} failed; the cause is in credproxy's log"
+        ))
+        .with_diagnostic(DisplayErrorContext(&error).to_string()),
     }
-    .caused_by(error)
 }
 
 /// Stands in when aws-config finds no chain at all (it always does with default features).

@@ -193,7 +193,17 @@ impl AzureChain {
         let token = credential
             .get_token(&[self.spec.scope.as_str()], None)
             .await
-            .map_err(|e| SourceError::transient(method_name(method)).caused_by(AzureCause(e)))?;
+            .map_err(|e| match method {
+                // The CLIs' errors quote what they printed: for the log only.
+                AzureMethod::AzureCli | AzureMethod::AzureDeveloperCli => {
+                    SourceError::transient(format!(
+                        "{} failed; the cause is in credproxy's log",
+                        method_name(method)
+                    ))
+                    .with_diagnostic(error_text(&e))
+                }
+                _ => SourceError::transient(method_name(method)).caused_by(AzureCause(e)),
+            })?;
         let expires = SystemTime::UNIX_EPOCH
             + Duration::from_secs(token.expires_on.unix_timestamp().max(0) as u64);
         Ok(Fetched {

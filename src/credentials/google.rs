@@ -176,7 +176,13 @@ impl GoogleChain {
                 })
                 .await
                 .map_err(|e| SourceError::transient(format!("gcloud CLI task failed: {e}")))?
-                .map_err(|e| failed("gcloud CLI (`gcloud auth print-access-token`; run `gcloud auth login` first)", e))?;
+                .map_err(|e| {
+                    // The CLI's error quotes what it printed: for the log only.
+                    SourceError::transient(
+                        "gcloud CLI (`gcloud auth print-access-token`; run `gcloud auth login` first) failed; the cause is in credproxy's log",
+                    )
+                    .with_diagnostic(crate::failure::chain(&e))
+                })?;
                 (
                     token.as_str().to_string(),
                     system_time(token.expires_at().timestamp()),

@@ -16,7 +16,6 @@ const STDOUT_CAP: usize = 64 * 1024;
 /// Enough of stderr to quote its first line in an error.
 const STDERR_CAP: usize = 8 * 1024;
 
-#[derive(Debug)]
 pub struct Helper {
     command: String,
     /// The command's program name: all of the command that messages may show (its
@@ -24,6 +23,17 @@ pub struct Helper {
     program: String,
     ttl: Duration,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Helper {
+    /// The command itself may hold a secret: only its program name is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Helper")
+            .field("program", &self.program)
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Helper {
@@ -155,7 +165,12 @@ impl Helper {
 /// helper prints there is, or may be, the key) replaced by the redaction marker.
 fn first_line(stderr: &[u8], stdout: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(stderr);
-    let mut line = abbreviate(text.lines().map(str::trim).find(|l| !l.is_empty())?, 200);
+    let mut line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())?
+        .to_string();
+    // Scrubbed before it is shortened, so no part of a key is left at the cut.
     for printed in String::from_utf8_lossy(stdout)
         .lines()
         .map(str::trim)
@@ -163,17 +178,17 @@ fn first_line(stderr: &[u8], stdout: &[u8]) -> Option<String> {
     {
         line = line.replace(printed, Secret::REDACTED);
     }
-    Some(line)
+    Some(abbreviate(&line, 200))
 }
 
 /// `op read op://dev/key` → `op`; `VAULT_TOKEN=hvs.x vault read k` → `vault`;
 /// `env A=b /usr/bin/helper --x` → `helper`.
 fn program_name(command: &str) -> String {
-    let mut words = command
-        .split_whitespace()
-        .map(|w| w.trim_matches(['\'', '"']));
     let mut program = "sh";
-    for word in words.by_ref() {
+    for word in command.split_whitespace() {
+        if word.contains(['\'', '"', '\\']) {
+            return "sh".to_string();
+        }
         let assignment = word.split_once('=').is_some_and(|(name, _)| {
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
@@ -187,6 +202,10 @@ fn program_name(command: &str) -> String {
         break;
     }
     let name = program.rsplit('/').next().unwrap_or(program);
+    let looks_like_a_key = name.len() > 32 || name.starts_with("sk-") || name.starts_with("hvs.");
+    if looks_like_a_key {
+        return "sh".to_string();
+    }
     let name: String = name
         .chars()
         .take_while(|c| !matches!(c, ';' | '|' | '&' | '<' | '>' | '(' | ')' | '$' | '`'))
@@ -291,7 +310,9 @@ mod tests {
             ("env A=b /usr/local/bin/key-helper --flag", "key-helper"),
             ("cat ~/.config/anthropic/key", "cat"),
             ("echo x;cat y", "echo"),
-            ("'/opt/helpers/run' --x", "run"),
+            ("'/opt/helpers/run' --x", "sh"),
+            ("TOKEN=\"abc def\" vault read x", "sh"),
+            ("sk-ant-api03-0123456789abcdef0123456789", "sh"),
             ("$(secret-cmd)", "sh"),
             ("", "sh"),
         ] {

@@ -12,6 +12,9 @@ use keyring_core::{CredentialStore, Entry, Error};
 
 use super::{Fetched, Lifetime, Material, Secret, SourceError, Token};
 
+/// How long a keychain read may take.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where a key lives in the keychain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeychainItem {
@@ -57,12 +60,21 @@ impl Keychain {
     pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let store = Arc::clone(&self.store);
         let item = self.item.clone();
-        // Keychain calls block (a system call, or the Security framework): off the workers.
+        // Keychain calls block (a system call, or the Security framework, which may wait
+        // for the user to allow access): off the workers, and not for ever.
         let read = tokio::task::spawn_blocking(move || {
             Entry::new_in_store(&store, &item.service, &item.account)?.get_password()
-        })
-        .await
-        .map_err(|e| SourceError::transient("the keychain read did not finish").caused_by(e))?;
+        });
+        let read = tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                SourceError::transient(format!(
+                    "keychain {} did not answer within {}s (waiting for someone to allow access?)",
+                    self.item,
+                    READ_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| SourceError::transient("the keychain read did not finish").caused_by(e))?;
         let value = read.map_err(|e| self.failed(e))?;
         let value = value.trim();
         if value.is_empty() {

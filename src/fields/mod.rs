@@ -358,18 +358,24 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// Reports every key nobody asked for, naming the keys this table takes.
     pub fn finish(self, cx: &mut Checker) {
-        let expected: Vec<String> = self.asked.iter().map(|k| format!("`{k}`")).collect();
-        for (key, key_span, _) in self.unread() {
-            cx.report(
-                key_span,
-                format!(
-                    "unknown field `{key}`, expected one of {}",
-                    expected.join(", ")
-                ),
-                "remove the key or correct its spelling; the keys this table takes are listed above"
-                    .to_string(),
-            );
+        let unread: Vec<_> = self.unread().collect();
+        for (key, key_span, _) in unread {
+            self.report_unknown(cx, key, key_span);
         }
+    }
+
+    /// Reports `key` as unknown to this table, naming the keys it takes.
+    pub fn report_unknown(&self, cx: &mut Checker, key: &str, key_span: Range<usize>) {
+        let expected: Vec<String> = self.asked.iter().map(|k| format!("`{k}`")).collect();
+        cx.report(
+            key_span,
+            format!(
+                "unknown field `{key}`, expected one of {}",
+                expected.join(", ")
+            ),
+            "remove the key or correct its spelling; the keys this table takes are listed above"
+                .to_string(),
+        );
     }
 }
 

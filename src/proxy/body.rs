@@ -20,9 +20,10 @@ const DRAIN_CAP: u64 = 64 * 1024 * 1024;
 /// How long draining an oversized body may take.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
-/// Reads the whole body, refusing more than `limit` bytes (413) and a client that sends
-/// nothing for `stall` (408): a stalled upload must not hold its connection and its place
-/// in the route's queue for good.
+/// Reads the whole body, refusing more than `limit` bytes (413), a client that sends
+/// nothing for `stall`, and a body that takes longer than ten times that in all (408): a
+/// trickled upload must not hold its connection and its place among the route's
+/// requests in flight for good.
 pub async fn read_limited(
     headers: &HeaderMap,
     mut body: Incoming,
@@ -44,8 +45,10 @@ pub async fn read_limited(
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
+    let deadline = tokio::time::Instant::now() + stall * 10;
     loop {
-        let Ok(next) = tokio::time::timeout(stall, body.frame()).await else {
+        let wait = stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let Ok(next) = tokio::time::timeout(wait, body.frame()).await else {
             return Err(ProxyError::BodyStalled { waited: stall });
         };
         let Some(frame) = next else {

@@ -38,7 +38,7 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {cause}")]
     BodyUnreadable { cause: String },
-    #[error("the request body sent nothing for {}; send it without pauses (or raise `body_read_timeout`)", humantime::format_duration(*.waited))]
+    #[error("the request body did not arrive in time (a pause over {}, or over ten times that in all); send it without pauses (or raise `body_read_timeout`)", humantime::format_duration(*.waited))]
     BodyStalled { waited: Duration },
     #[error(
         "{problem}; send exactly one Host header naming credproxy (localhost, 127.0.0.1 or a name in `allowed_hosts`)"

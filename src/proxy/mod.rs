@@ -228,18 +228,18 @@ impl Proxy {
         log.attempts = 1;
         let first = self.attempt(route, credential, &parts, &body, log).await?;
         let status = first.response.status();
-        let (answer, verdict) =
-            classify(&credential.scheme, first.response)
-                .await
-                .map_err(|e| ProxyError::UpstreamUnreachable {
-                    route: route.prefix.clone(),
-                    upstream: route.upstream_text(),
-                    cause: format!(
-                        "its answer could not be read: {}",
-                        crate::failure::chain(&e)
-                    )
-                    .into(),
-                })?;
+        let read_timeout = self.shared.upstream_timeout;
+        let (answer, verdict) = classify(&credential.scheme, first.response, read_timeout)
+            .await
+            .map_err(|e| ProxyError::UpstreamUnreachable {
+                route: route.prefix.clone(),
+                upstream: route.upstream_text(),
+                cause: format!(
+                    "its answer could not be read: {}",
+                    crate::failure::chain(e.as_ref())
+                )
+                .into(),
+            })?;
         match verdict {
             Verdict::Deliver | Verdict::Inspect { .. } => {
                 return Ok(answer.deliver(route, slot));
@@ -338,10 +338,12 @@ impl Answer {
             Answer::Streaming(response) => {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_response(&mut parts.headers);
+                // An event can be added only to a stream without a declared length.
                 let sse = parts
                     .headers
                     .get(http::header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+                    && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
                 let body = UpstreamBody::new(body, Some(slot), route.stream_idle_timeout, sse);
                 Response::from_parts(parts, Either::Left(body))
             }
@@ -359,7 +361,8 @@ impl Answer {
 async fn classify(
     scheme: &Scheme,
     response: Response<Incoming>,
-) -> Result<(Answer, Verdict), hyper::Error> {
+    read_timeout: Duration,
+) -> Result<(Answer, Verdict), stream::BoxError> {
     let verdict = scheme.classify(response.status(), response.headers());
     let Verdict::Inspect { max_bytes } = verdict else {
         return Ok((Answer::Streaming(response), verdict));
@@ -373,7 +376,10 @@ async fn classify(
         return Ok((Answer::Streaming(response), Verdict::Deliver));
     }
     let (parts, body) = response.into_parts();
-    let bytes = body.collect().await?.to_bytes();
+    let bytes = tokio::time::timeout(read_timeout, body.collect())
+        .await
+        .map_err(|_| "the upstream stopped sending its error body")??
+        .to_bytes();
     let verdict = match scheme.classify_body(parts.status, &parts.headers, &bytes) {
         Verdict::Inspect { .. } => Verdict::Deliver,
         verdict => verdict,

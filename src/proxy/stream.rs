@@ -27,6 +27,9 @@ pub struct UpstreamBody {
 struct Idle {
     after: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Whether the timer runs: from the first poll that finds nothing, so a client that
+    /// stops reading for a while does not make the upstream look stalled.
+    waiting: bool,
     sse: bool,
 }
 
@@ -48,6 +51,7 @@ impl UpstreamBody {
             idle: idle_timeout.map(|after| Idle {
                 after,
                 timer: Box::pin(tokio::time::sleep(after)),
+                waiting: false,
                 sse,
             }),
             ended: false,
@@ -69,8 +73,7 @@ impl Body for UpstreamBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(frame)) => {
                 if let Some(idle) = &mut self.idle {
-                    let deadline = tokio::time::Instant::now() + idle.after;
-                    idle.timer.as_mut().reset(deadline);
+                    idle.waiting = false;
                 }
                 Poll::Ready(Some(frame.map_err(BoxError::from)))
             }
@@ -79,6 +82,11 @@ impl Body for UpstreamBody {
                 let Some(idle) = &mut self.idle else {
                     return Poll::Pending;
                 };
+                if !idle.waiting {
+                    idle.waiting = true;
+                    let deadline = tokio::time::Instant::now() + idle.after;
+                    idle.timer.as_mut().reset(deadline);
+                }
                 if idle.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }

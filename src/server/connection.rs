@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 const NONE: u64 = u64::MAX;
 
@@ -28,7 +29,15 @@ pub struct Activity {
     /// Milliseconds after `origin` when bytes first arrived with no request in flight.
     head_since: AtomicU64,
     http2: AtomicBool,
+    /// Whether any bytes arrived yet (the first read tells an HTTP/2 preface).
+    heard: AtomicBool,
+    /// Wakes the watchdog when its deadline may have moved: a request ended, or a head
+    /// began.
+    changed: Notify,
 }
+
+/// What starts every HTTP/2 connection (prior knowledge, as h2c clients send it).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// Why the watchdog closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +56,14 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(NONE),
             http2: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
+            changed: Notify::new(),
         })
+    }
+
+    /// Resolves when the deadline may have moved.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     fn now_ms(&self) -> u64 {
@@ -69,12 +85,20 @@ impl Activity {
         InFlight(Arc::clone(self))
     }
 
-    fn bytes_arrived(&self) {
+    fn bytes_arrived(&self, first: &[u8]) {
+        if !self.heard.swap(true, Ordering::AcqRel) && first.starts_with(H2_PREFACE) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         if self.in_flight.load(Ordering::Acquire) == 0
             && self.head_since.load(Ordering::Acquire) == NONE
         {
             self.head_since.store(self.now_ms(), Ordering::Release);
+            self.changed.notify_one();
         }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// When the connection expires if nothing changes, and why; `None` while a request is
@@ -113,6 +137,7 @@ impl Drop for InFlight {
             .store(activity.now_ms(), Ordering::Release);
         activity.head_since.store(NONE, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        activity.changed.notify_one();
     }
 }
 
@@ -138,7 +163,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.bytes_arrived();
+            self.activity.bytes_arrived(&buf.filled()[before..]);
         }
         polled
     }
@@ -225,7 +250,7 @@ mod tests {
             Expired::Idle,
             "a fresh silent connection waits for idle"
         );
-        activity.bytes_arrived();
+        activity.bytes_arrived(b"GET / HTTP/1.1\r\n");
         let (_, why) = activity.deadline(head, idle).unwrap();
         assert_eq!(
             why,
@@ -234,7 +259,7 @@ mod tests {
         );
         let request = activity.request_started(false);
         assert!(activity.deadline(head, idle).is_none(), "busy");
-        activity.bytes_arrived();
+        activity.bytes_arrived(b"{}");
         assert!(
             activity.deadline(head, idle).is_none(),
             "a body is not a head"
@@ -244,7 +269,7 @@ mod tests {
         assert_eq!(why, Expired::Idle);
         let _h2 = activity.request_started(true);
         drop(_h2);
-        activity.bytes_arrived();
+        activity.bytes_arrived(b"\0\0\0\x04");
         let (_, why) = activity.deadline(head, idle).unwrap();
         assert_eq!(
             why,

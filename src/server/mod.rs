@@ -211,13 +211,20 @@ async fn serve(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, context: 
                 // The server's grace period bounds this wait, not CLOSE_GRACE.
                 closing = Some(Instant::now() + Duration::from_secs(24 * 3600));
             }
+            // A request ended or a head began: the deadline moved.
+            _ = activity.changed(), if closing.is_none() => {}
             _ = sleep_until(wake) => {
                 if let Some(by) = closing {
-                    if Instant::now() >= by {
-                        tracing::debug!(%peer, "connection did not close in time; dropping it");
-                        break;
+                    if Instant::now() < by {
+                        continue;
                     }
-                    continue;
+                    if activity.in_flight() > 0 {
+                        // A request that slipped in before the close is served to its end.
+                        closing = Some(Instant::now() + CLOSE_GRACE);
+                        continue;
+                    }
+                    tracing::debug!(%peer, "connection did not close in time; dropping it");
+                    break;
                 }
                 if let Some((at, why)) = activity.deadline(limits.header_read_timeout, limits.idle_timeout)
                     && Instant::now() >= at

@@ -206,18 +206,7 @@ async fn a_failing_helper_shows_clients_its_name_status_and_duration_only() {
 async fn paths_that_climb_out_of_a_route_are_refused() {
     let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
     let scratch = Scratch::new();
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-[credentials.key]
-kind = "api_key"
-value = "k"
-[[routes]]
-prefix = "/s"
-upstream = "{}/static"
-credential = "key"
-"#,
-        upstream.url()
-    );
+    let config = route_config("/s", &format!("{}/static", upstream.url()));
     let proxy = credproxy(&scratch, &config).start();
     for target in [
         "/s/../../etc/passwd",
@@ -470,4 +459,34 @@ async fn headers_named_in_strip_headers_never_reach_the_upstream() {
     assert_eq!(seen.header("ocp-apim-subscription-key"), None);
     assert_eq!(seen.header("x-auth-token"), None);
     assert_eq!(seen.header("x-kept"), Some("1"));
+}
+
+#[tokio::test]
+async fn a_connection_idles_out_after_a_stream_longer_than_the_idle_timeout() {
+    let gate = Arc::new(Semaphore::new(0));
+    let chunks = vec![Bytes::from("data: 1\n\n"), Bytes::from("data: 2\n\n")];
+    let upstream = FakeUpstream::gated_stream(&gate, chunks).await;
+    let scratch = Scratch::new();
+    let proxy = credproxy(&scratch, &timeouts_config(&upstream.url(), "")).start();
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: 1") {
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "closed during the stream");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    // The stream outlives idle_timeout (2 s): the connection is busy, not idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gate.add_permits(1);
+    // Then, once the stream has ended, the idle connection is closed.
+    let (rest, _) = held_open(&mut stream, b"", Duration::from_secs(15)).await;
+    seen.extend_from_slice(rest.as_bytes());
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("data: 2"), "the stream was not cut: {text}");
+    assert!(text.ends_with("0\r\n\r\n"), "the stream ended cleanly: {text}");
 }

@@ -78,18 +78,7 @@ async fn client_with_a_dummy_key_is_answered_by_an_upstream_that_accepts_only_th
 async fn path_and_query_bytes_reach_the_upstream_exactly_as_sent() {
     let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
     let scratch = Scratch::new();
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-[credentials.key]
-kind = "api_key"
-value = "k"
-[[routes]]
-prefix = "/bedrock"
-upstream = "{}/base/"
-credential = "key"
-"#,
-        upstream.url()
-    );
+    let config = route_config("/bedrock", &format!("{}/base/", upstream.url()));
     let proxy = credproxy(&scratch, &config).start();
     let paths = [
         (

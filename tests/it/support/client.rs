@@ -119,6 +119,13 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// One route, `prefix` to `upstream`, with the literal key `k`.
+pub fn route_config(prefix: &str, upstream: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\n[credentials.key]\nkind = \"api_key\"\nvalue = \"k\"\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\ncredential = \"key\"\n"
+    )
+}
+
 /// The route table every test config starts from: `/` to `upstream` with credential `key`.
 pub fn config(upstream: &str, credential: &str) -> String {
     format!(
