@@ -488,5 +488,8 @@ async fn a_connection_idles_out_after_a_stream_longer_than_the_idle_timeout() {
     seen.extend_from_slice(rest.as_bytes());
     let text = String::from_utf8_lossy(&seen);
     assert!(text.contains("data: 2"), "the stream was not cut: {text}");
-    assert!(text.ends_with("0\r\n\r\n"), "the stream ended cleanly: {text}");
+    assert!(
+        text.ends_with("0\r\n\r\n"),
+        "the stream ended cleanly: {text}"
+    );
 }
