@@ -1,7 +1,7 @@
 //! Configuration: a TOML file (or the embedded default) in three steps, as ripgrep goes
 //! from low-level to high-level arguments:
 //!
-//! 1. **raw**: the document parsed with every value's place ([`crate::fields`]);
+//! 1. **raw**: the document parsed with every value's place (`fields`);
 //! 2. **validated** ([`Config`], from [`validate`]): every key checked, every problem
 //!    reported at once with its line and column; nothing read from the environment;
 //! 3. **resolved** ([`Resolved`], from [`resolve`]): the environment read once — regions,

@@ -1,6 +1,6 @@
 //! Raw → validated configuration. Runs before any port is bound; collects every problem
 //! with its place instead of stopping at the first. Each `[credentials.NAME]` table is
-//! read by its kind (see [`crate::kinds`]); this file reads the rest.
+//! read by its kind (see `kinds`); this file reads the rest.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! request asks for a current value.
 //!
 //! This is the bottom of the runtime: it knows nothing of the config file, of routes or of
-//! how a value goes onto a request (that is [`crate::schemes`]). A source is asked for a
+//! how a value goes onto a request (that is `schemes`). A source is asked for a
 //! value only by the cache: on first use, when the value is due for renewal (in the
 //! background), and after an upstream said the value went bad.
 

@@ -8,8 +8,8 @@
 //! forgotten part is a compile error; the keys a kind takes are the keys its
 //! [`Kind::read`] asks for, so there is no second list to keep in step.
 //!
-//! Layering: kinds sit above [`crate::fields`] (reading TOML), [`crate::credentials`]
-//! (sources) and [`crate::schemes`]; [`crate::config`] sits above kinds.
+//! Layering: kinds sit above `fields` (reading TOML), `credentials`
+//! (sources) and `schemes`; `config` sits above kinds.
 
 pub mod acs;
 pub mod api_key;

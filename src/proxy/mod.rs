@@ -5,7 +5,7 @@
 //!    `CONNECT` and `TRACE` are refused.
 //! 3. [`route`]: longest prefix → upstream and credential, or 404.
 //! 4. [`body`]: buffer the request body up to `max_body`, or 413.
-//! 5. [`crate::headers`]: strip client credentials and hop-by-hop headers.
+//! 5. `headers`: strip client credentials and hop-by-hop headers.
 //! 6. Forward: one attempt — get the credential from its cache, apply the scheme, send.
 //!    If the scheme's classifier calls the answer an auth failure, it is dropped unseen,
 //!    the value invalidated (or only the signature renewed), and the request replayed

@@ -1,7 +1,7 @@
 //! Schemes: how a credential goes onto a request, and which upstream answers mean that it
 //! went bad. One file per scheme; [`Scheme`] dispatches with an exhaustive `match`.
 //!
-//! Both halves run in the retry loop of [`crate::proxy`]: [`Scheme::apply`] right before
+//! Both halves run in the retry loop of `proxy`: [`Scheme::apply`] right before
 //! each attempt is sent (so signatures are fresh on a replay), [`Scheme::classify`] after
 //! the upstream answered the first attempt and before any byte went to the client.
 
