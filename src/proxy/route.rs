@@ -60,7 +60,8 @@ impl RouteTable {
 
 /// Why a request path cannot be routed safely, if it cannot: it must be a path (not `*`),
 /// and no segment may be `.` or `..`, written plainly or percent-encoded, nor hide one
-/// behind an encoded slash or backslash (`..%2F`, `%2e%2e%5c`). A dot-segment would let a
+/// behind an encoded slash or backslash (`..%2F`, `%2e%2e%5c`), a second encoding
+/// (`%252e%252e`) or a path parameter (`..;x`). A dot-segment would let a
 /// client leave the route's base path on an upstream that normalises paths; legitimate API
 /// paths never hold one, and normalising here would change the bytes credproxy forwards
 /// (and signs). So such requests are refused, not rewritten.
@@ -69,10 +70,13 @@ pub fn unsafe_path(path: &str) -> Option<&'static str> {
         return Some("is not an absolute path");
     }
     let dotted = path.split('/').any(|segment| {
-        let decoded = percent_decode(segment.as_bytes());
-        decoded
-            .split(|b| *b == b'/' || *b == b'\\')
-            .any(|part| part == b"." || part == b"..")
+        // Decoded twice: an upstream that decodes once more must not find a dot-segment.
+        let decoded = percent_decode(&percent_decode(segment.as_bytes()));
+        decoded.split(|b| *b == b'/' || *b == b'\\').any(|part| {
+            // `..;jsessionid=x`: servlet containers drop path parameters before resolving.
+            let name = part.split(|b| *b == b';').next().unwrap_or(part);
+            name == b"." || name == b".."
+        })
     });
     dotted.then_some("has a `.` or `..` segment")
 }
@@ -226,6 +230,8 @@ mod tests {
             "/s/..%2fetc",
             "/s/%2e%2e%5cetc",
             "/..",
+            "/s/%252e%252e/x",
+            "/s/..;jsessionid=1/x",
         ] {
             assert_eq!(
                 unsafe_path(path),

@@ -130,11 +130,18 @@ impl Cached {
         {
             return Ok(Arc::clone(&entry.credential));
         }
-        if self.fetches.load(Ordering::Acquire) != seen
-            && let Some((fetch, error)) = self.last_failure.lock().expect("not poisoned").as_ref()
-            && *fetch > seen
-        {
-            return Err(Arc::clone(error));
+        if self.fetches.load(Ordering::Acquire) != seen {
+            if let Some((fetch, error)) = self.last_failure.lock().expect("not poisoned").as_ref()
+                && *fetch > seen
+            {
+                return Err(Arc::clone(error));
+            }
+            // The fetch this request waited for answered with a value that is already past
+            // its use-by time (an issuer handed out a nearly expired token): use it rather
+            // than run the source again for every waiter; a rejection will renew it.
+            if let Some(entry) = self.current.load().as_ref() {
+                return Ok(Arc::clone(&entry.credential));
+            }
         }
         let entry = self.fetch_entry().await?;
         let credential = Arc::clone(&entry.credential);
