@@ -1,5 +1,6 @@
 //! An upstream base URL: checked once (absolute, https or http to a loopback host, no
-//! query or user info), kept in the parts every request needs.
+//! query or user info), kept in the parts every request needs; and which request paths
+//! may be appended to one.
 
 use std::str::FromStr;
 
@@ -77,4 +78,48 @@ pub fn is_loopback_host(host: &str) -> bool {
         || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why a request path cannot be routed safely, if it cannot: it must be a path (not `*`),
+/// and no segment may be `.` or `..`, written plainly or percent-encoded, nor hide one
+/// behind an encoded slash or backslash (`..%2F`, `%2e%2e%5c`), a second encoding
+/// (`%252e%252e`) or a path parameter (`..;x`). A dot-segment would let a
+/// client leave the route's base path on an upstream that normalises paths; legitimate API
+/// paths never hold one, and normalising here would change the bytes credproxy forwards
+/// (and signs). So such requests are refused, not rewritten.
+pub fn unsafe_path(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("is not an absolute path");
+    }
+    let dotted = path.split('/').any(|segment| {
+        // Decoded twice: an upstream that decodes once more must not find a dot-segment.
+        let decoded = percent_decode(&percent_decode(segment.as_bytes()));
+        decoded.split(|b| *b == b'/' || *b == b'\\').any(|part| {
+            // `..;jsessionid=x`: servlet containers drop path parameters before resolving.
+            let name = part.split(|b| *b == b';').next().unwrap_or(part);
+            name == b"." || name == b".."
+        })
+    });
+    dotted.then_some("has a `.` or `..` segment")
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }

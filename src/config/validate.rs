@@ -458,7 +458,8 @@ fn prefix(cx: &mut Checker, text: &Text) -> Option<String> {
     let value = text.get_ref();
     let ok = value.starts_with('/')
         && !value.contains(['?', '#', ' '])
-        && http::uri::PathAndQuery::from_str(value).is_ok();
+        && http::uri::PathAndQuery::from_str(value).is_ok()
+        && crate::upstream::unsafe_path(value).is_none();
     if !ok {
         cx.report(
             text.span(),

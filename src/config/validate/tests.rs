@@ -234,6 +234,15 @@ fn routes_group_by_listener() {
 }
 
 #[test]
+fn a_prefix_no_request_could_reach_is_refused() {
+    let p = problems(&MINIMAL.replace("prefix = \"/\"", "prefix = \"/a/../b\""));
+    assert!(
+        p[0].message.contains("`/a/../b` is not a path prefix"),
+        "{p:#?}"
+    );
+}
+
+#[test]
 fn duplicate_prefix_on_one_listener_is_rejected() {
     let text = format!(
         "{MINIMAL}\n[[routes]]\nprefix = \"/\"\nupstream = \"https://b.example\"\ncredential = \"anthropic\"\n"
