@@ -349,10 +349,7 @@ async fn sigterm_lets_an_open_stream_finish_before_exiting() {
     let upstream = FakeUpstream::gated_stream(&gate, chunks).await;
     let scratch = Scratch::new();
     let mut proxy = credproxy(&scratch, &config(&upstream.url(), r#"value = "k""#)).start();
-    let response = open_stream(&proxy.url("/v1/messages")).await;
-    let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, "data: 1\n\n");
+    let mut body = stream_after_first_frame(&proxy.url("/v1/messages"), "data: 1\n\n").await;
 
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     proxy.wait_for_output("shutting down").await;

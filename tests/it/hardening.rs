@@ -354,10 +354,7 @@ async fn sighup_and_sigusr1_do_not_stop_a_stream() {
     let upstream = FakeUpstream::gated_stream(&gate, chunks).await;
     let scratch = Scratch::new();
     let mut proxy = credproxy(&scratch, &config(&upstream.url(), r#"value = "k""#)).start();
-    let response = open_stream(&proxy.url("/v1/messages")).await;
-    let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, "data: 1\n\n");
+    let mut body = stream_after_first_frame(&proxy.url("/v1/messages"), "data: 1\n\n").await;
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     proxy.signal(nix::sys::signal::Signal::SIGUSR1);
     proxy.wait_for_output("SIGUSR1 received").await;

@@ -55,6 +55,14 @@ pub async fn open_stream(url: &str) -> Response<Incoming> {
         .unwrap()
 }
 
+/// Opens a stream and reads its first frame, which must be `first`; the rest is left.
+pub async fn stream_after_first_frame(url: &str, first: &str) -> Incoming {
+    let mut body = open_stream(url).await.into_body();
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(frame, first);
+    body
+}
+
 /// Reads a gated stream to its end, adding a permit to `gate` after each frame so the fake
 /// sends the next one only once this one arrived. Panics if the stream stalls (a proxy that
 /// buffers would never deliver the first frame alone).
