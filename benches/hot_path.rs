@@ -33,6 +33,7 @@ fn route(prefix: &str, host: &str) -> Route {
         max_in_flight: 1024,
         stream_idle_timeout: None,
         strip_headers: Vec::new(),
+        groups: None,
     }
 }
 
@@ -180,9 +181,127 @@ fn signing(c: &mut Criterion) {
     });
 }
 
+/// What `[callers]` adds per request: a static token (a hash and a lookup), a JWT seen
+/// before (a hash and a cache hit), and a JWT's full check (the signature verified) per
+/// algorithm. Compare with `strip_client_headers_and_inject_x_api_key`, the header-only path.
+fn caller_validation(c: &mut Criterion) {
+    use credproxy::callers::{Callers, token_sha256};
+    use credproxy::config::{CallersConfig, JwtConfig, KeysFrom, Limits, StaticToken};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, jwk};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let keys: Vec<(Algorithm, rcgen::KeyPair)> = vec![
+        (
+            Algorithm::RS256,
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap(),
+        ),
+        (
+            Algorithm::ES256,
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        ),
+        (
+            Algorithm::EdDSA,
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+        ),
+    ];
+    let mut set = jwk::JwkSet { keys: Vec::new() };
+    let mut tokens = Vec::new();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    for (algorithm, pair) in &keys {
+        let (private, public) = (pair.serialize_pem(), pair.public_key_pem());
+        let (encoding, decoding) = match algorithm {
+            Algorithm::RS256 => (
+                EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+                DecodingKey::from_rsa_pem(public.as_bytes()).unwrap(),
+            ),
+            Algorithm::ES256 => (
+                EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+                DecodingKey::from_ec_pem(public.as_bytes()).unwrap(),
+            ),
+            _ => (
+                EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+                DecodingKey::from_ed_pem(public.as_bytes()).unwrap(),
+            ),
+        };
+        let kid = format!("{algorithm:?}");
+        let mut key = jwk::Jwk::from_decoding_key(&decoding, Some(*algorithm)).unwrap();
+        key.common.key_id = Some(kid.clone());
+        set.keys.push(key);
+        let mut header = Header::new(*algorithm);
+        header.kid = Some(kid);
+        let claims = serde_json::json!({"iss": "https://idp.example", "aud": "credproxy",
+            "sub": "alice", "email": "alice@example.com", "groups": ["eng"], "exp": exp});
+        tokens.push((
+            *algorithm,
+            jsonwebtoken::encode(&header, &claims, &encoding).unwrap(),
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::to_string(&set).unwrap()).unwrap();
+    let config = CallersConfig {
+        jwt: Some(JwtConfig {
+            issuer: "https://idp.example".into(),
+            keys: KeysFrom::Discovery,
+            audiences: vec!["credproxy".into()],
+            email_domains: vec!["example.com".into()],
+            email_claim: "email".into(),
+            groups_claim: "groups".into(),
+            clock_skew: Duration::from_secs(60),
+            jwks_max_age: Duration::from_secs(3600),
+            jwks_refetch_interval: Duration::from_secs(10),
+        }),
+        tokens: vec![StaticToken {
+            name: "ci".into(),
+            sha256: token_sha256("robot-token"),
+            groups: vec![],
+        }],
+        header: None,
+    };
+    let client =
+        credproxy::client::with_settings(None, Duration::from_secs(1), &Limits::default()).unwrap();
+    let mut config = config;
+    if let Some(jwt) = config.jwt.as_mut() {
+        jwt.keys = KeysFrom::File(credproxy::fields::ConfigPath::new(
+            jwks.to_str().unwrap(),
+            None,
+        ));
+    }
+    let callers = Callers::new(&config, Some(jwks), client);
+    let headers = |token: &str| {
+        let mut headers = client_headers();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        headers
+    };
+    let robot = headers("robot-token");
+    c.bench_function("caller_static_token", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { callers.authenticate(&robot).await.unwrap() })
+    });
+    for (algorithm, token) in &tokens {
+        let person = headers(token);
+        c.bench_function(&format!("caller_jwt_{algorithm:?}_cached"), |b| {
+            b.to_async(&runtime)
+                .iter(|| async { callers.authenticate(&person).await.unwrap() })
+        });
+        c.bench_function(&format!("caller_jwt_{algorithm:?}_full_check"), |b| {
+            b.to_async(&runtime)
+                .iter(|| async { callers.authenticate_uncached(&person).await.unwrap() })
+        });
+    }
+    drop(dir);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = route_match, strip_and_inject, signing
+    targets = route_match, strip_and_inject, signing, caller_validation
 }
 criterion_main!(benches);

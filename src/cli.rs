@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, Resolved};
+use crate::config::{Config, Resolved, ResolvedRoute};
 use crate::credentials::KeychainItem;
 use crate::credentials::Lifetime;
 use crate::kinds::ClientEnv;
@@ -161,9 +161,21 @@ pub fn format_check(rows: &[CheckRow]) -> String {
     out
 }
 
-/// The base URL a client on this machine uses for a listener and prefix.
-pub fn base_url(addr: SocketAddr, prefix: &str) -> String {
-    let host = if addr.ip().is_unspecified() {
+/// The base URL a client uses for a listener and prefix: over TLS, by the first name in
+/// `allowed_hosts` (the name on the certificate); else from this machine.
+pub fn base_url(resolved: &Resolved, addr: SocketAddr, prefix: &str) -> String {
+    let tls = resolved.tls.is_some();
+    let scheme = if tls { "https" } else { "http" };
+    let named = resolved
+        .config
+        .guard
+        .allowed_hosts
+        .first()
+        .filter(|_| tls)
+        .cloned();
+    let host = if let Some(name) = named {
+        name
+    } else if addr.ip().is_unspecified() {
         if addr.is_ipv4() {
             "127.0.0.1".to_string()
         } else {
@@ -176,7 +188,7 @@ pub fn base_url(addr: SocketAddr, prefix: &str) -> String {
         }
     };
     let path = if prefix == "/" { "" } else { prefix };
-    format!("http://{host}:{}{path}", addr.port())
+    format!("{scheme}://{host}:{}{path}", addr.port())
 }
 
 /// The environment each route's clients need, as `export` lines with a comment per route.
@@ -184,7 +196,8 @@ pub fn env_report(resolved: &Resolved) -> String {
     let mut out = String::new();
     for (listener, route) in resolved.routes() {
         let credential = &resolved.credentials[route.credential];
-        let url = base_url(listener.addr, &route.prefix);
+        let url = base_url(resolved, listener.addr, &route.prefix);
+        let gateway = resolved.config.callers.is_some();
         let _ = writeln!(
             out,
             "# route {} -> {} (credential `{}`)",
@@ -200,22 +213,28 @@ pub fn env_report(resolved: &Resolved) -> String {
             );
             continue;
         };
-        match credential.spec.client_env(&view) {
+        let mode = credential.spec.client_env(&view);
+        match &mode {
             ClientEnv::Anthropic => {
                 let _ = writeln!(out, "export ANTHROPIC_BASE_URL={url}");
-                let _ = writeln!(
-                    out,
-                    "export ANTHROPIC_AUTH_TOKEN=credproxy  # any value: credproxy removes it and applies the real key"
-                );
+                if !gateway {
+                    let _ = writeln!(
+                        out,
+                        "export ANTHROPIC_AUTH_TOKEN=credproxy  # any value: credproxy removes it and applies the real key"
+                    );
+                }
             }
             ClientEnv::Bedrock { region } => bedrock_env(&mut out, &url, region.as_deref()),
             ClientEnv::Vertex { region, project } => {
                 vertex_env(&mut out, &url, region.as_deref(), project.as_deref())
             }
-            ClientEnv::Foundry => foundry_env(&mut out, &url),
+            ClientEnv::Foundry => foundry_env(&mut out, &url, gateway),
             ClientEnv::Note(note) => {
                 let _ = writeln!(out, "# {note} to {url}");
             }
+        }
+        if gateway {
+            caller_token(&mut out, resolved, &mode, route);
         }
         out.push('\n');
     }
@@ -244,11 +263,41 @@ fn vertex_env(out: &mut String, url: &str, region: Option<&str>, project: Option
     }
 }
 
-/// Claude Code's Foundry mode through credproxy: it skips its own Azure auth.
-fn foundry_env(out: &mut String, url: &str) {
+/// Claude Code's Foundry mode through credproxy: it skips its own Azure auth. Behind a
+/// gateway the caller token goes in `ANTHROPIC_FOUNDRY_API_KEY` (sent as `x-api-key`).
+fn foundry_env(out: &mut String, url: &str, gateway: bool) {
     let _ = writeln!(out, "export CLAUDE_CODE_USE_FOUNDRY=1");
     let _ = writeln!(out, "export ANTHROPIC_FOUNDRY_BASE_URL={url}");
-    let _ = writeln!(out, "export CLAUDE_CODE_SKIP_FOUNDRY_AUTH=1");
+    if !gateway {
+        let _ = writeln!(out, "export CLAUDE_CODE_SKIP_FOUNDRY_AUTH=1");
+    }
+}
+
+/// How a caller hands a shared credproxy its own token, per Claude Code mode (measured in
+/// docs/research/claude-code-headers.md).
+fn caller_token(out: &mut String, resolved: &Resolved, mode: &ClientEnv, route: &ResolvedRoute) {
+    let variable = match mode {
+        ClientEnv::Foundry => "ANTHROPIC_FOUNDRY_API_KEY",
+        _ => "ANTHROPIC_AUTH_TOKEN",
+    };
+    let _ = writeln!(
+        out,
+        "export {variable}=<your caller token>  # or an apiKeyHelper that prints it; credproxy checks it and removes it"
+    );
+    if let Some(header) = resolved
+        .config
+        .callers
+        .as_ref()
+        .and_then(|c| c.header.as_ref())
+    {
+        let _ = writeln!(
+            out,
+            "# or: export ANTHROPIC_CUSTOM_HEADERS=\"{header}: <your caller token>\""
+        );
+    }
+    if let Some(groups) = &route.groups {
+        let _ = writeln!(out, "# this route admits members of: {}", groups.join(", "));
+    }
 }
 
 /// Claude Code's Bedrock mode through credproxy: it skips its own AWS auth.

@@ -6,6 +6,8 @@
 /// The side a failure belongs to (pingora's `ErrorSource`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
+    /// Who is calling: no caller token, an invalid one, or one not admitted here.
+    Caller,
     /// The request itself: its host, path, size, method.
     Client,
     /// Where the upstream credential comes from: a helper, a chain, a variable.
@@ -17,6 +19,7 @@ pub enum Side {
 impl Side {
     pub fn as_str(self) -> &'static str {
         match self {
+            Side::Caller => "caller",
             Side::Client => "client",
             Side::CredentialSource => "credential",
             Side::Upstream => "upstream",

@@ -26,13 +26,19 @@
 //! - [`config`]: raw TOML → validated [`config::Config`] → [`config::Resolved`] (the
 //!   environment read once).
 //! - [`telemetry`]: tracing set-up and the allow-listed access log.
+//! - [`client`]: the one pooled upstream HTTP client (rustls, the configured roots).
+//! - [`callers`]: who is calling a shared credproxy — JWTs from the company's identity
+//!   provider (keys fetched, cached, rotated) and hashed static tokens; who may use which route.
 //! - [`proxy`]: the per-request pipeline — local-safety guard, route table, body limit,
 //!   forward, classify and retry once, errors in the Anthropic shape.
-//! - [`server`]: binds listeners, accepts HTTP/1.1 and h2c, shuts down gracefully.
+//! - [`server`]: binds listeners, accepts HTTP/1.1 and h2 (TLS with certificate reload, or
+//!   cleartext), shuts down gracefully.
 //! - [`cli`]: the `check` and `env` reports (the command line itself lives in `main.rs`).
 #![forbid(unsafe_code)]
 
+pub mod callers;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod failure;

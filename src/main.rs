@@ -11,7 +11,7 @@ use credproxy::cli;
 use credproxy::config::{Config, EMBEDDED_DEFAULT, Resolved};
 use credproxy::credentials::{Secret, keychain};
 use credproxy::kinds::Environment;
-use credproxy::proxy::{self, Proxy, Shared};
+use credproxy::proxy::{Proxy, Shared};
 use credproxy::server::{self, Bound};
 use credproxy::telemetry::{self, LogFormat};
 
@@ -49,6 +49,13 @@ enum Command {
     Env,
     /// Print the embedded default config.
     DefaultConfig,
+    /// Print the `[[callers.tokens]]` lines for a caller token: read from the terminal
+    /// without echo (or from standard input when piped); only its SHA-256 is printed.
+    HashToken {
+        /// The caller's name in the access log (prints a whole `[[callers.tokens]]` table).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Store or remove a credential's key in the OS keychain (`keychain = ...` in its table).
     Secret {
         #[command(subcommand)]
@@ -73,6 +80,9 @@ fn main() -> ExitCode {
     if let Some(Command::DefaultConfig) = args.command {
         print!("{EMBEDDED_DEFAULT}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::HashToken { name }) = &args.command {
+        return hash_token(name.as_deref());
     }
     let _log_writer = telemetry::init(&args.log_level, args.log_format);
     let config = match Config::load(args.config.as_deref()) {
@@ -108,7 +118,9 @@ fn main() -> ExitCode {
             print!("{}", cli::env_report(&resolved));
             ExitCode::SUCCESS
         }
-        Command::DefaultConfig => unreachable!("handled before logging starts"),
+        Command::DefaultConfig | Command::HashToken { .. } => {
+            unreachable!("handled before logging starts")
+        }
         Command::Secret { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -133,7 +145,11 @@ fn secret(config: &Config, action: &SecretAction) -> ExitCode {
         }
     };
     let outcome = match action {
-        SecretAction::Set { .. } => read_secret(name, &item).and_then(|secret| {
+        SecretAction::Set { .. } => read_secret(
+            &format!("key for credential `{name}` (keychain {item}): "),
+            "key",
+        )
+        .and_then(|secret| {
             keychain::store_key(&store, &item, &secret)
                 .map(|()| format!("stored the key of credential `{name}` in keychain {item}"))
         }),
@@ -161,39 +177,95 @@ fn secret(config: &Config, action: &SecretAction) -> ExitCode {
     }
 }
 
-/// The key from the terminal without echo, or from standard input when it is piped.
-fn read_secret(name: &str, item: &keychain::KeychainItem) -> Result<Secret, String> {
+/// `credproxy hash-token [--name NAME]`.
+fn hash_token(name: Option<&str>) -> ExitCode {
+    match read_secret("caller token (not echoed): ", "token") {
+        Ok(token) => {
+            let hash = hex::encode(credproxy::callers::token_sha256(token.expose()));
+            match name {
+                Some(name) => println!(
+                    "[[callers.tokens]]\nname = {}\nsha256 = \"{hash}\"\n# groups = [\"ci\"]  # routes with `groups` admit the token only if it is in one",
+                    toml::Value::String(name.to_string())
+                ),
+                None => println!("sha256 = \"{hash}\""),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credproxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A secret from the terminal without echo, or from standard input when it is piped.
+fn read_secret(prompt: &str, what: &str) -> Result<Secret, String> {
     use std::io::{IsTerminal, Read};
     let text = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(format!("key for credential `{name}` (keychain {item}): "))
-            .map_err(|e| format!("cannot read the key from the terminal: {e}"))?
+        rpassword::prompt_password(prompt)
+            .map_err(|e| format!("cannot read the {what} from the terminal: {e}"))?
     } else {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+            .map_err(|e| format!("cannot read the {what} from standard input: {e}"))?;
         text
     };
-    let key = text.trim();
-    if key.is_empty() {
-        return Err("no key was given; type it at the prompt or pipe it in".to_string());
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(format!(
+            "no {what} was given; type it at the prompt or pipe it in"
+        ));
     }
-    if key.contains(['\n', '\r']) {
-        return Err("the key spans more than one line; give the key alone".to_string());
+    if value.contains(['\n', '\r']) {
+        return Err(format!(
+            "the {what} spans more than one line; give the {what} alone"
+        ));
     }
-    Ok(Secret::new(key))
+    Ok(Secret::new(value))
 }
 
 async fn check(resolved: Resolved) -> ExitCode {
     println!("config: {} (valid)", resolved.config.origin.display_name());
     let rows = cli::check(&resolved).await;
     print!("{}", cli::format_check(&rows));
+    let mut callers_ok = true;
+    if let Some(callers) = &resolved.config.callers {
+        println!(
+            "callers: {} static token(s){}",
+            callers.tokens.len(),
+            if callers.jwt.is_some() { ", JWTs" } else { "" }
+        );
+        if callers.jwt.is_some() {
+            let checked = match credproxy::client::build(&resolved) {
+                Ok(client) => {
+                    let callers = credproxy::callers::Callers::new(
+                        callers,
+                        resolved.jwks_file.clone(),
+                        client,
+                    );
+                    callers.prefetch_keys().await
+                }
+                Err(error) => Some((String::new(), Err(error))),
+            };
+            match checked {
+                Some((issuer, Ok(keys))) => {
+                    println!("callers: issuer {issuer}: {keys} signing key(s) fetched")
+                }
+                Some((issuer, Err(error))) => {
+                    callers_ok = false;
+                    println!("callers: issuer {issuer}: FAILED: {error}");
+                }
+                None => {}
+            }
+        }
+    }
     for (_, route) in resolved.routes() {
         if let Some(reason) = route.disabled() {
             println!("route {} disabled: {reason}", route.prefix);
         }
     }
-    if rows.iter().all(|r| r.status.is_ok()) {
+    if callers_ok && rows.iter().all(|r| r.status.is_ok()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -203,7 +275,7 @@ async fn check(resolved: Resolved) -> ExitCode {
 async fn run(resolved: Resolved) -> ExitCode {
     watch_other_signals();
     check_fd_limit(&resolved);
-    let client = match proxy::client::build(&resolved) {
+    let client = match credproxy::client::build(&resolved) {
         Ok(client) => client,
         Err(error) => {
             eprintln!("credproxy: {error}");
@@ -211,6 +283,21 @@ async fn run(resolved: Resolved) -> ExitCode {
         }
     };
     let shared = Arc::new(Shared::new(&resolved, client));
+    let tls = match &resolved.tls {
+        None => None,
+        Some(files) => {
+            match server::tls::Certificate::load(files).and_then(|c| Ok((c.acceptor()?, c))) {
+                Ok((acceptor, certificate)) => {
+                    certificate.watch();
+                    Some(acceptor)
+                }
+                Err(error) => {
+                    eprintln!("credproxy: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
 
     let mut bound = Vec::new();
     for listener in &resolved.listeners {
@@ -230,7 +317,9 @@ async fn run(resolved: Resolved) -> ExitCode {
                 Err(_) => format!("{} (disabled)", r.prefix),
             })
             .collect();
-        tracing::info!(target: "credproxy::server", %addr, routes = %routes.join(", "), "listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(target: "credproxy::server", %addr, scheme, routes = %routes.join(", "), "listening");
+        warn_if_exposed(&resolved, addr, tls.is_some());
         let proxy = Arc::new(Proxy::new(
             Arc::clone(&shared),
             &resolved,
@@ -240,9 +329,29 @@ async fn run(resolved: Resolved) -> ExitCode {
         bound.push(Bound {
             listener: socket,
             proxy,
+            tls: tls.clone(),
         });
     }
     warm_up(&resolved);
+    if shared.callers.is_some() {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let prefetched = match &shared.callers {
+                Some(callers) => callers.prefetch_keys().await,
+                None => None,
+            };
+            match prefetched {
+                Some((issuer, Ok(keys))) => {
+                    tracing::info!(target: "credproxy::callers", %issuer, keys, "identity provider keys ready")
+                }
+                Some((issuer, Err(error))) => {
+                    tracing::warn!(target: "credproxy::callers", %issuer, %error,
+                        "identity provider keys not available yet; callers with JWTs get 503 until they are")
+                }
+                None => {}
+            }
+        });
+    }
     server::run(
         bound,
         &resolved.config.limits,
@@ -251,6 +360,20 @@ async fn run(resolved: Resolved) -> ExitCode {
     )
     .await;
     ExitCode::SUCCESS
+}
+
+/// Says at start what serving other machines means without callers or without TLS.
+fn warn_if_exposed(resolved: &Resolved, addr: std::net::SocketAddr, tls: bool) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if resolved.config.callers.is_none() {
+        tracing::warn!(target: "credproxy::server", %addr,
+            "this listener serves other machines and has no [callers]: anyone who can reach it spends the credentials");
+    } else if !tls {
+        tracing::warn!(target: "credproxy::server", %addr,
+            "this listener serves other machines without TLS: caller tokens cross the network in clear text; set tls_cert and tls_key");
+    }
 }
 
 /// Fetches every credential in the background so the first request does not wait, and
@@ -273,7 +396,7 @@ fn warm_up(resolved: &Resolved) {
         let routes: Vec<String> = resolved
             .routes()
             .filter(|(_, r)| r.credential == index && r.disabled().is_none())
-            .map(|(l, r)| cli::base_url(l.addr, &r.prefix))
+            .map(|(l, r)| cli::base_url(resolved, l.addr, &r.prefix))
             .collect();
         tokio::spawn(async move {
             let source = cached.source().describe();

@@ -12,6 +12,7 @@
 //! Secrets are referred to (env var, file, helper command), not held, except for an
 //! explicit literal that earns a warning.
 
+mod callers;
 mod resolve;
 mod validate;
 
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use resolve::{Resolved, ResolvedCredential, ResolvedListener, ResolvedRoute};
+pub use callers::{CallersConfig, JwtConfig, KeysFrom, StaticToken};
+pub use resolve::{Resolved, ResolvedCredential, ResolvedListener, ResolvedRoute, TlsFiles};
 
 use http::HeaderName;
 
@@ -74,6 +76,18 @@ pub struct Config {
     /// Request headers removed on every route besides the built-in list (credentials of
     /// other gateways: `ocp-apim-subscription-key`, `x-auth-token`, ...).
     pub strip_headers: Vec<HeaderName>,
+    /// Who may use the proxy listeners; `None`: everyone who can reach them (a personal
+    /// set-up on loopback).
+    pub callers: Option<CallersConfig>,
+    /// HTTPS on every proxy listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The listener's certificate chain and key, PEM files re-read when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: ConfigPath,
+    pub key: ConfigPath,
 }
 
 /// What one client, connection or burst may hold. Every limit has a default that suits a
@@ -134,6 +148,8 @@ pub struct Route {
     pub stream_idle_timeout: Option<Duration>,
     /// Request headers removed on this route besides the global list.
     pub strip_headers: Vec<HeaderName>,
+    /// Only callers in one of these groups may use the route; `None`: every caller.
+    pub groups: Option<Vec<String>>,
 }
 
 /// An upstream as written: a URL, or a URL with placeholders filled in at resolution.

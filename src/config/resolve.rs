@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::{Config, Route, UpstreamSpec};
+use super::{Config, KeysFrom, Route, UpstreamSpec};
 use crate::credentials::Cached;
 use crate::kinds::{Environment, Facts, Placeholder, RouteView, Spec};
 use crate::schemes::Scheme;
@@ -25,6 +25,16 @@ pub struct Resolved {
     pub listeners: Vec<ResolvedListener>,
     /// `ca_file` with `~` expanded.
     pub ca_file: Option<PathBuf>,
+    /// `tls_cert` and `tls_key` with `~` expanded.
+    pub tls: Option<TlsFiles>,
+    /// `[callers] jwks_file` with `~` expanded.
+    pub jwks_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug)]
@@ -58,6 +68,8 @@ pub struct ResolvedRoute {
     pub stream_idle_timeout: Option<Duration>,
     /// Request headers removed besides the built-in list (global ones included).
     pub strip_headers: Vec<HeaderName>,
+    /// Only callers in one of these groups are admitted; `None`: every caller.
+    pub groups: Option<Arc<[String]>>,
 }
 
 impl ResolvedRoute {
@@ -103,11 +115,25 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
         .ca_file
         .as_ref()
         .map(|path| path.resolve(env.home().as_deref()));
+    let tls = config.tls.as_ref().map(|tls| TlsFiles {
+        cert: tls.cert.resolve(env.home().as_deref()),
+        key: tls.key.resolve(env.home().as_deref()),
+    });
+    let jwks_file = config
+        .callers
+        .as_ref()
+        .and_then(|c| c.jwt.as_ref())
+        .and_then(|jwt| match &jwt.keys {
+            KeysFrom::File(path) => Some(path.resolve(env.home().as_deref())),
+            _ => None,
+        });
     Resolved {
         config,
         credentials,
         listeners,
         ca_file,
+        tls,
+        jwks_file,
     }
 }
 
@@ -123,12 +149,15 @@ fn resolve_route(config: &Config, route: &Route, facts: &Facts) -> ResolvedRoute
         credential: route.credential,
         max_in_flight: route.max_in_flight.unwrap_or(config.limits.max_in_flight),
         stream_idle_timeout: route.stream_idle_timeout,
+        // The caller's own token header never goes upstream.
         strip_headers: config
             .strip_headers
             .iter()
             .chain(&route.strip_headers)
+            .chain(config.callers.as_ref().and_then(|c| c.header.as_ref()))
             .cloned()
             .collect(),
+        groups: route.groups.as_deref().map(Arc::from),
     }
 }
 

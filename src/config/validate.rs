@@ -12,9 +12,10 @@ use http::uri::Uri;
 
 use http::HeaderName;
 
+use super::callers;
 use super::{
     Config, ConfigOrigin, CredentialConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY, GuardConfig, Limits,
-    Listener, Route, UpstreamSpec,
+    Listener, Route, TlsConfig, UpstreamSpec,
 };
 use crate::fields::{Checker, ConfigError, ConfigPath, Table, Text, parse_document};
 use crate::kinds::{self, Placeholder, ReadContext};
@@ -45,9 +46,16 @@ pub(super) fn validate(text: &str, origin: ConfigOrigin) -> Result<Config, Confi
 
 fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Config {
     let listen = root.string(cx, "listen");
+    let base_dir = origin.base_dir();
+    let tls = tls(root, cx, base_dir);
+    let has_callers = callers::present(root);
+    // Serving other machines is safe with callers' tokens checked or the traffic
+    // encrypted; otherwise the file must say it means it.
     let allow_non_loopback = root
         .bool(cx, "allow_non_loopback")
-        .is_some_and(|b| *b.get_ref());
+        .is_some_and(|b| *b.get_ref())
+        || has_callers
+        || tls.is_some();
     let default_listen = match &listen {
         Some(text) => listen_addr(cx, text, allow_non_loopback),
         None => Some(
@@ -118,7 +126,7 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         pool_idle_timeout,
     };
     let strip_headers = header_names(root, cx, "strip_headers");
-    let base_dir = origin.base_dir();
+    let callers = callers::read(root, cx, base_dir);
     let ca_file = root
         .string(cx, "ca_file")
         .map(|p| ConfigPath::new(p.get_ref(), base_dir));
@@ -131,6 +139,7 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         allow_non_loopback,
         &index,
         &credentials,
+        has_callers,
     );
     Config {
         origin,
@@ -144,6 +153,33 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         guard,
         ca_file,
         strip_headers,
+        callers,
+        tls,
+    }
+}
+
+/// `tls_cert` and `tls_key`: both or neither; the files are read when the listener starts.
+fn tls(
+    root: &mut Table,
+    cx: &mut Checker,
+    base_dir: Option<&std::path::Path>,
+) -> Option<TlsConfig> {
+    let cert = root.string(cx, "tls_cert");
+    let key = root.string(cx, "tls_key");
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert: ConfigPath::new(cert.get_ref(), base_dir),
+            key: ConfigPath::new(key.get_ref(), base_dir),
+        }),
+        (Some(alone), None) | (None, Some(alone)) => {
+            cx.report(
+                alone.span(),
+                "`tls_cert` and `tls_key` go together",
+                "set both: the certificate chain (PEM) and its private key (PEM)".to_string(),
+            );
+            None
+        }
+        (None, None) => None,
     }
 }
 
@@ -318,6 +354,7 @@ fn routes(
     allow_non_loopback: bool,
     index: &HashMap<String, Option<usize>>,
     credentials: &[CredentialConfig],
+    has_callers: bool,
 ) -> Vec<Listener> {
     let mut listeners: Vec<Listener> = Vec::new();
     if let Some(addr) = default_listen {
@@ -343,6 +380,7 @@ fn routes(
             allow_non_loopback,
             index,
             credentials,
+            has_callers,
         );
         table.finish(cx);
         let Some((addr, route, prefix_text)) = route else {
@@ -392,6 +430,7 @@ fn read_route(
     allow_non_loopback: bool,
     index: &HashMap<String, Option<usize>>,
     credentials: &[CredentialConfig],
+    has_callers: bool,
 ) -> Option<(SocketAddr, Route, Text)> {
     let prefix_text = required(table, cx, "prefix");
     let upstream_text = required(table, cx, "upstream");
@@ -404,6 +443,15 @@ fn read_route(
         .string(cx, "stream_idle_timeout")
         .and_then(|t| cx.duration(&t, secs(1)..=DAY));
     let strip_headers = header_names(table, cx, "strip_headers");
+    let groups_at = table.value("groups").map(|v| v.span());
+    let groups = callers::groups(table, cx);
+    if let (Some(span), false) = (groups_at, has_callers) {
+        cx.report(
+            span,
+            "`groups` on a route needs a [callers] table: without callers nobody has groups",
+            "add a [callers] table (an identity provider or [[callers.tokens]]), or remove `groups`".to_string(),
+        );
+    }
     let addr = match &listen {
         Some(text) => listen_addr(cx, text, allow_non_loopback),
         None => default_listen,
@@ -449,6 +497,7 @@ fn read_route(
             max_in_flight,
             stream_idle_timeout,
             strip_headers,
+            groups,
         },
         prefix_text?,
     ))

@@ -10,12 +10,17 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 
 use super::ResponseBody;
+use crate::callers::{CallerError, Refusal};
 use crate::credentials::SourceError;
 use crate::failure::{Side, chain};
 use crate::schemes::ApplyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("{0}")]
+    Caller(CallerError),
+    #[error("{0}")]
+    CallerRefused(Refusal),
     #[error(
         "requests for host `{host}` are refused (DNS rebinding protection); call credproxy as localhost or 127.0.0.1, or add the name to `allowed_hosts` in the config"
     )]
@@ -86,6 +91,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
+            ProxyError::Caller(_) | ProxyError::CallerRefused(_) => Side::Caller,
             ProxyError::HostNotAllowed { .. }
             | ProxyError::OriginNotAllowed { .. }
             | ProxyError::CrossSite
@@ -107,7 +113,10 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::HostNotAllowed { .. }
+            ProxyError::Caller(CallerError::KeysUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Caller(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::CallerRefused(_)
+            | ProxyError::HostNotAllowed { .. }
             | ProxyError::OriginNotAllowed { .. }
             | ProxyError::CrossSite => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
@@ -129,6 +138,7 @@ impl ProxyError {
     /// The Anthropic API's error type for this status.
     fn error_type(&self) -> &'static str {
         match self.status() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
@@ -150,6 +160,14 @@ impl ProxyError {
         let status = self.status();
         let side = self.side();
         let overloaded = matches!(self, ProxyError::Overloaded { .. });
+        // A caller refused for anything but an aged token gets the same answer on a retry;
+        // `x-should-retry: false` stops the Anthropic SDKs' (and Claude Code's) retry loop.
+        let final_answer = match &self {
+            ProxyError::Caller(error) => !error.fresh_token_helps(),
+            ProxyError::CallerRefused(_) => true,
+            _ => false,
+        };
+        let challenge = matches!(self, ProxyError::Caller(_)) && status == StatusCode::UNAUTHORIZED;
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -160,6 +178,15 @@ impl ProxyError {
         headers.insert("x-credproxy-error", HeaderValue::from_static(side.as_str()));
         if overloaded {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if final_answer {
+            headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"credproxy\""),
+            );
         }
         response
     }

@@ -1,9 +1,11 @@
 //! The per-request pipeline. [`Proxy::handle`] runs once per request:
 //!
-//! 1. [`guard`]: refuse foreign `Host` names and cross-site browser requests.
+//! 1. [`guard`]: refuse foreign `Host` names and cross-site browser requests; with
+//!    `[callers]`, the caller's token is checked (401) and `email_domains` applied (403).
 //! 2. `HEAD` on any path is answered at once (Claude Code warms connections that way);
 //!    `CONNECT` and `TRACE` are refused.
-//! 3. [`route`]: longest prefix → upstream and credential, or 404.
+//! 3. [`route`]: longest prefix → upstream and credential, or 404; the route's `groups`
+//!    decide whether this caller may use it (403).
 //! 4. [`body`]: buffer the request body up to `max_body`, or 413.
 //! 5. `headers`: strip client credentials and hop-by-hop headers.
 //! 6. Forward: one attempt — get the credential from its cache, apply the scheme, send.
@@ -13,7 +15,6 @@
 //! 7. Stream the response back frame by frame; nothing is buffered.
 
 pub mod body;
-pub mod client;
 pub mod error;
 pub mod guard;
 pub mod route;
@@ -28,12 +29,13 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
+use crate::callers::Callers;
+pub use crate::client::UpstreamClient;
 use crate::config::{Resolved, ResolvedRoute};
 use crate::credentials::{Cached, SharedCredential};
 use crate::headers;
 use crate::schemes::{Scheme, Verdict};
 use crate::telemetry::AccessLog;
-pub use client::UpstreamClient;
 pub use error::ProxyError;
 use guard::Guard;
 use route::RouteTable;
@@ -60,11 +62,19 @@ pub struct Shared {
     pub upstream_timeout: Duration,
     pub body_read_timeout: Duration,
     pub queue_timeout: Duration,
+    /// `[callers]`: who may use the proxy listeners (`None`: whoever reaches them).
+    pub callers: Option<Callers>,
 }
 
 impl Shared {
     pub fn new(resolved: &Resolved, client: UpstreamClient) -> Self {
+        let callers = resolved
+            .config
+            .callers
+            .as_ref()
+            .map(|c| Callers::new(c, resolved.jwks_file.clone(), client.clone()));
         Shared {
+            callers,
             client,
             credentials: resolved
                 .credentials
@@ -131,6 +141,18 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
         self.guard.check(&parts)?;
+        let caller = match &self.shared.callers {
+            Some(callers) => {
+                let caller = callers
+                    .authenticate(&parts.headers)
+                    .await
+                    .map_err(ProxyError::Caller)?;
+                log.caller = Some(Arc::clone(&caller.label));
+                callers.admit(&caller).map_err(ProxyError::CallerRefused)?;
+                Some(caller)
+            }
+            None => None,
+        };
         // CONNECT would turn credproxy into a tunnel; TRACE would echo the request back.
         if parts.method == Method::CONNECT || parts.method == Method::TRACE {
             return Err(ProxyError::MethodNotAllowed {
@@ -154,6 +176,11 @@ impl Proxy {
                 prefixes: self.routes.prefixes().to_string(),
             })?;
         let route = &entry.route;
+        if let (Some(callers), Some(caller)) = (&self.shared.callers, &caller) {
+            callers
+                .admit_route(caller, &route.prefix, route.groups.as_deref())
+                .map_err(ProxyError::CallerRefused)?;
+        }
         let credential = &self.shared.credentials[route.credential];
         log.route = Some(&route.prefix);
         log.credential = Some(credential.cached.name());

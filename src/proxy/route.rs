@@ -132,6 +132,7 @@ mod tests {
             max_in_flight: 8,
             stream_idle_timeout: None,
             strip_headers: Vec::new(),
+            groups: None,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Accepting connections: HTTP/1.1 and h2c on every listener, with limits that keep any
+//! Accepting connections: HTTP/1.1 and HTTP/2 on every listener (over TLS when
+//! `tls_cert`/`tls_key` are set — see [`tls`] — else h2c), with limits that keep any
 //! one client from pinning credproxy, and graceful shutdown.
 //!
 //! - Each listener accepts at most `max_connections` at once; beyond that, new connections
@@ -12,6 +13,7 @@
 //!   `main` bind where they like (`127.0.0.1:0`) and learn the port before serving.
 
 pub mod connection;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,9 +24,11 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::proxy::Proxy;
@@ -34,6 +38,8 @@ use connection::{Activity, Expired, Tracked, Watched};
 pub struct Bound {
     pub listener: TcpListener,
     pub proxy: Arc<Proxy>,
+    /// HTTPS when set.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// How long a connection told to close (idle, shutdown) may take to do so.
@@ -78,8 +84,13 @@ pub async fn run(
         count: Arc::clone(&count),
     });
     let mut accept_loops = JoinSet::new();
-    for Bound { listener, proxy } in bound {
-        accept_loops.spawn(accept(listener, proxy, Arc::clone(&context)));
+    for Bound {
+        listener,
+        proxy,
+        tls,
+    } in bound
+    {
+        accept_loops.spawn(accept(listener, proxy, tls, Arc::clone(&context)));
     }
     drop(context);
     shutdown.await;
@@ -123,7 +134,12 @@ impl Throttled {
     }
 }
 
-async fn accept(listener: TcpListener, proxy: Arc<Proxy>, context: Arc<Context>) {
+async fn accept(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    context: Arc<Context>,
+) {
     let addr = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
@@ -158,8 +174,26 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, context: Arc<Context>)
         };
         let context = Arc::clone(&context);
         let proxy = Arc::clone(&proxy);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve(stream, peer, proxy, &context).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => serve(stream, peer, proxy, &context).await,
+                Some(acceptor) => {
+                    // The handshake counts against the time a client has to send its head.
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(context.limits.header_read_timeout, handshake).await
+                    {
+                        Ok(Ok(stream)) => serve(stream, peer, proxy, &context).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake too slow; closing the connection")
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -167,10 +201,12 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, context: Arc<Context>)
 
 /// Serves one connection until it ends, its watchdog closes it, or shutdown asks it to
 /// finish.
-async fn serve(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, context: &Context) {
+async fn serve<IO>(stream: IO, peer: SocketAddr, proxy: Arc<Proxy>, context: &Context)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _open = context.open.clone();
     context.count.fetch_add(1, Ordering::AcqRel);
-    let _ = stream.set_nodelay(true);
     let activity = Activity::new();
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
     let service = {

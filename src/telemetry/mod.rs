@@ -1,7 +1,7 @@
 //! Logging: tracing to stderr, as text or JSON lines, and the access log.
 //!
 //! The access log is built from an allow-list of fields (method, route, path without
-//! query, status, attempts, upstream and total milliseconds, credential name). Headers are
+//! query, status, attempts, upstream and total milliseconds, credential name, caller). Headers are
 //! never logged, so no key, token or signature can reach the log through it.
 
 mod batched;
@@ -51,6 +51,8 @@ pub struct AccessLog<'a> {
     uri: Uri,
     pub route: Option<&'a str>,
     pub credential: Option<&'a str>,
+    /// Who called (a JWT's `sub` and email, or a static token's name); never the token.
+    pub caller: Option<std::sync::Arc<str>>,
     pub attempts: u32,
     pub upstream: Option<Duration>,
     pub error: Option<Side>,
@@ -63,6 +65,7 @@ impl<'a> AccessLog<'a> {
             uri: uri.clone(),
             route: None,
             credential: None,
+            caller: None,
             attempts: 0,
             upstream: None,
             error: None,
@@ -83,6 +86,7 @@ impl<'a> AccessLog<'a> {
             upstream_ms = self.upstream.map(|d| d.as_secs_f64() * 1000.0),
             total_ms = started.elapsed().as_secs_f64() * 1000.0,
             credential = self.credential.unwrap_or("-"),
+            caller = self.caller.as_deref().unwrap_or("-"),
             error = self.error.map(Side::as_str),
         );
     }

@@ -18,6 +18,8 @@ const LAYERS: &[&str] = &[
     "kinds",
     "config",
     "telemetry",
+    "client",
+    "callers",
     "proxy",
     "server",
     "cli",

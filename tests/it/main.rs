@@ -3,6 +3,7 @@
 
 mod aws;
 mod azure;
+mod callers;
 mod cli;
 mod google;
 mod hardening;

@@ -21,6 +21,7 @@ fn route(prefix: &str, upstream: &str) -> ResolvedRoute {
         max_in_flight: 1,
         stream_idle_timeout: None,
         strip_headers: Vec::new(),
+        groups: None,
     }
 }
 

@@ -110,6 +110,16 @@ fn example_config_is_valid() {
 }
 
 #[test]
+fn gateway_example_is_valid() {
+    let text = include_str!("../../../examples/gateway.toml");
+    let config = Config::parse(text, ConfigOrigin::File(PathBuf::from("gateway.toml")))
+        .unwrap_or_else(|e| panic!("examples/gateway.toml is invalid:\n{e}"));
+    assert!(config.tls.is_some());
+    let callers = config.callers.unwrap();
+    assert!(callers.jwt.is_some() && !callers.tokens.is_empty());
+}
+
+#[test]
 fn minimal_config_gets_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.max_body, 32 * 1024 * 1024);
@@ -586,5 +596,118 @@ credential = "acs"
         p[0].message
             .contains("`apply` does not apply to kind `acs`"),
         "{p:#?}"
+    );
+}
+
+const CALLERS: &str = r#"
+[callers]
+issuer = "https://login.example.com/"
+audiences = ["credproxy"]
+email_domains = ["@Example.COM"]
+groups_claim = "roles"
+header = "x-gateway-token"
+
+[[callers.tokens]]
+name = "ci"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+groups = ["robots"]
+"#;
+
+#[test]
+fn callers_are_read_with_their_defaults() {
+    let text = format!("listen = \"0.0.0.0:8443\"\n{CALLERS}{MINIMAL}groups = [\"eng\"]\n");
+    let config = parse(&text).unwrap();
+    let callers = config.callers.as_ref().unwrap();
+    let jwt = callers.jwt.as_ref().unwrap();
+    assert_eq!(jwt.issuer, "https://login.example.com");
+    assert_eq!(jwt.keys, crate::config::KeysFrom::Discovery);
+    assert_eq!(jwt.email_domains, ["example.com"]);
+    assert_eq!(jwt.email_claim, "email");
+    assert_eq!(jwt.groups_claim, "roles");
+    assert_eq!(jwt.clock_skew, Duration::from_secs(60));
+    assert_eq!(callers.tokens[0].name, "ci");
+    assert_eq!(callers.tokens[0].sha256[0], 0x9f);
+    assert_eq!(
+        callers.header,
+        Some(HeaderName::from_static("x-gateway-token"))
+    );
+    // Callers make a non-loopback listener acceptable without `allow_non_loopback`.
+    assert_eq!(config.listeners[0].addr.to_string(), "0.0.0.0:8443");
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(route.groups.as_deref(), Some(&["eng".to_string()][..]));
+    // The caller's own header is stripped on every route.
+    let resolved = resolve(config, &[]);
+    let route = resolved.routes().next().unwrap().1;
+    assert!(
+        route
+            .strip_headers
+            .contains(&HeaderName::from_static("x-gateway-token"))
+    );
+}
+
+#[test]
+fn callers_mistakes_are_reported_with_what_to_write() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[callers]\njwks_url = \"https://idp/keys\"\naudiences = [\"a\"]\n",
+            "names no `issuer`",
+        ),
+        (
+            "[callers]\nissuer = \"https://idp\"\n",
+            "names no `audiences`",
+        ),
+        (
+            "[callers]\nissuer = \"http://idp.example\"\naudiences = [\"a\"]\n",
+            "must use https",
+        ),
+        (
+            "[callers]\nissuer = \"https://idp\"\naudiences = [\"a\"]\njwks_url = \"https://idp/k\"\njwks_file = \"k.json\"\n",
+            "both set",
+        ),
+        ("[callers]\n", "admits nobody"),
+        (
+            "[callers]\n[[callers.tokens]]\nname = \"ci\"\nsha256 = \"SECRET-TOKEN\"\n",
+            "64 lowercase hex",
+        ),
+        (
+            "[callers]\n[[callers.tokens]]\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n",
+            "no `name`",
+        ),
+        (
+            "[callers]\nissuer = \"https://idp\"\naudiences = [\"a\"]\nemail_domains = [\"not a domain\"]\n",
+            "not an email domain",
+        ),
+        (
+            "[callers]\nissuer = \"https://idp\"\naudiences = [\"a\"]\nheader = \"host\"\n",
+            "cannot carry a caller's token",
+        ),
+        ("tls_cert = \"cert.pem\"\n", "go together"),
+    ];
+    for (extra, expected) in cases {
+        let found = problems(&format!("{extra}{MINIMAL}"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.message.contains(expected) && p.hint.is_some()),
+            "{expected:?} not among {found:#?}"
+        );
+    }
+    let found = problems(&format!("{MINIMAL}groups = [\"eng\"]\n"));
+    assert!(
+        found[0].message.contains("needs a [callers] table"),
+        "{found:#?}"
+    );
+    // Without callers or TLS, serving other machines still has to be asked for.
+    let found = problems(&format!("listen = \"0.0.0.0:8787\"\n{MINIMAL}"));
+    assert!(
+        found[0].message.contains("not a loopback address"),
+        "{found:#?}"
+    );
+    let tls =
+        format!("listen = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n{MINIMAL}");
+    let config = parse(&tls).unwrap();
+    assert_eq!(
+        config.tls.unwrap().cert.as_written(),
+        Path::new("/etc/credproxy/c.pem")
     );
 }

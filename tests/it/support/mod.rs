@@ -3,6 +3,7 @@
 
 mod client;
 pub mod google;
+pub mod idp;
 mod process;
 pub mod sigv4;
 pub mod tls;

@@ -12,6 +12,7 @@ pub struct TestCa {
     pub pem: String,
     /// Server TLS with a certificate for `localhost` and `127.0.0.1` issued by the CA.
     pub acceptor: TlsAcceptor,
+    issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl TestCa {
@@ -41,6 +42,32 @@ impl TestCa {
         TestCa {
             pem: ca.pem(),
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            issuer: ca,
         }
+    }
+
+    /// A new leaf certificate for `localhost` and `127.0.0.1`: (certificate PEM, key PEM).
+    /// Each call makes a new key, so two leaves are told apart by their DER.
+    pub fn leaf(&self) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client TLS config trusting only this CA, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
 }

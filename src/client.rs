@@ -14,7 +14,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
-use crate::config::Resolved;
+use std::path::Path;
+
+use crate::config::{Limits, Resolved};
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -22,7 +24,19 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// gets a warning (https upstreams will then fail with a certificate error).
 pub fn build(resolved: &Resolved) -> Result<UpstreamClient, String> {
     let config = &resolved.config;
-    let ca_file = resolved.ca_file.as_deref();
+    with_settings(
+        resolved.ca_file.as_deref(),
+        config.connect_timeout,
+        &config.limits,
+    )
+}
+
+/// The client for explicit settings (benchmarks and tests build one without a config).
+pub fn with_settings(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    limits: &Limits,
+) -> Result<UpstreamClient, String> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -51,7 +65,7 @@ pub fn build(resolved: &Resolved) -> Result<UpstreamClient, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -60,8 +74,8 @@ pub fn build(resolved: &Resolved) -> Result<UpstreamClient, String> {
         .enable_http2()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.limits.pool_idle_timeout)
-        .pool_max_idle_per_host(config.limits.pool_max_idle_per_host)
+        .pool_idle_timeout(limits.pool_idle_timeout)
+        .pool_max_idle_per_host(limits.pool_max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https))

@@ -1,0 +1,146 @@
+//! HTTPS on the proxy listeners: rustls with ALPN `h2` and `http/1.1`, and the certificate
+//! re-read when its files change (a renewed certificate, a Kubernetes secret swapped under
+//! its symlink), without dropping a connection: each handshake takes the current key.
+//!
+//! The files are polled (size, modification time, inode of both) rather than watched: it
+//! needs no dependency, sees symlink swaps and network filesystems alike, and costs four
+//! `stat` calls per interval. A pair that does not load (half-written, key not matching the
+//! certificate) is logged and the previous one kept; the next change is tried again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsFiles;
+
+/// How often the certificate files are checked for a change.
+pub const POLL_EVERY: Duration = Duration::from_secs(2);
+
+/// The certificate handed to every handshake, swapped when the files change.
+#[derive(Debug)]
+pub struct Certificate {
+    files: TlsFiles,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// What identifies one version of a file without reading it.
+type Stamp = Option<(u64, SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?, meta.ino()))
+}
+
+impl Certificate {
+    /// Loads the pair once; an error names the file and what is wrong with it.
+    pub fn load(files: &TlsFiles) -> Result<Arc<Certificate>, String> {
+        let key = certified_key(files)?;
+        Ok(Arc::new(Certificate {
+            files: files.clone(),
+            current: ArcSwap::from_pointee(key),
+        }))
+    }
+
+    /// The acceptor for a listener: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up failed: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Checks the files every [`POLL_EVERY`] for as long as the process runs.
+    pub fn watch(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let stamps = |files: &TlsFiles| (stamp(&files.cert), stamp(&files.key));
+            let mut seen = stamps(&self.files);
+            let mut ticker = tokio::time::interval(POLL_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let now = stamps(&self.files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match certified_key(&self.files) {
+                    Ok(key) => {
+                        self.current.store(Arc::new(key));
+                        tracing::info!(target: "credproxy::server", cert = %self.files.cert.display(),
+                            "TLS certificate reloaded; new connections use it");
+                    }
+                    Err(error) => {
+                        tracing::warn!(target: "credproxy::server", %error,
+                            "the changed TLS certificate does not load; still serving the previous one");
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
+    let chain = read_chain(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider.key_provider.load_private_key(key).map_err(|e| {
+        format!(
+            "tls_key {}: the key cannot sign (RSA, ECDSA P-256/P-384 or Ed25519 expected): {e}",
+            files.key.display()
+        )
+    })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "tls_key {} does not belong to tls_cert {}: {e}",
+            files.key.display(),
+            files.cert.display()
+        )
+    })?;
+    Ok(certified)
+}
+
+fn read_chain(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read tls_cert {}: {e}", path.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls_cert {} is not PEM: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "tls_cert {} holds no certificate (a PEM `CERTIFICATE` block)",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &PathBuf) -> Result<PrivateKeyDer<'static>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read tls_key {}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "tls_key {} holds no private key (PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`): {e}",
+            path.display()
+        )
+    })
+}
