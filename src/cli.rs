@@ -114,11 +114,10 @@ fn expires_in(lifetime: Lifetime) -> String {
 }
 
 pub fn format_check(rows: &[CheckRow]) -> String {
-    let header = ["CREDENTIAL", "KIND", "SOURCE", "EXPIRES IN", "STATUS"];
-    let cells: Vec<[String; 5]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.credential.clone(),
                 r.kind.to_string(),
                 r.source.clone(),
@@ -132,8 +131,99 @@ pub fn format_check(rows: &[CheckRow]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
+    table(
+        &["CREDENTIAL", "KIND", "SOURCE", "EXPIRES IN", "STATUS"],
+        &cells,
+    )
+}
+
+/// `credproxy status`: the admin listener's `/status` JSON as two tables, so a developer
+/// sees at a glance which credential fails and why, and which routes it affects.
+pub fn format_status(status: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let empty = Vec::new();
+    let credentials: Vec<Vec<String>> = status["credentials"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|c| {
+            let expires = c["expires_in_seconds"]
+                .as_i64()
+                .map_or("-".to_string(), |s| {
+                    if s < 0 {
+                        "expired".to_string()
+                    } else {
+                        humantime::format_duration(Duration::from_secs(s as u64)).to_string()
+                    }
+                });
+            let last_error = match &c["last_error"] {
+                serde_json::Value::Null => "-".to_string(),
+                e => format!("{} ({})", text(&e["message"]), text(&e["at"])),
+            };
+            vec![
+                text(&c["name"]),
+                text(&c["kind"]),
+                text(&c["state"]),
+                text(&c["source"]),
+                text(&c["fetched_at"]),
+                expires,
+                format!("{}/{}", text(&c["fetches"]), text(&c["fetch_errors"])),
+                last_error,
+            ]
+        })
+        .collect();
+    let routes: Vec<Vec<String>> = status["routes"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| {
+            let state = match &r["disabled"] {
+                serde_json::Value::Null => "enabled".to_string(),
+                reason => format!("disabled: {}", text(reason)),
+            };
+            vec![
+                text(&r["listener"]),
+                text(&r["prefix"]),
+                text(&r["upstream"]),
+                text(&r["credential"]),
+                state,
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "config: {} (loaded {})\n\n",
+        text(&status["config"]["origin"]),
+        text(&status["config"]["loaded_at"])
+    );
+    out.push_str(&table(
+        &[
+            "CREDENTIAL",
+            "KIND",
+            "STATE",
+            "SOURCE",
+            "FETCHED AT",
+            "EXPIRES IN",
+            "FETCHES/ERRORS",
+            "LAST ERROR",
+        ],
+        &credentials,
+    ));
+    out.push('\n');
+    out.push_str(&table(
+        &["LISTENER", "PREFIX", "UPSTREAM", "CREDENTIAL", "STATE"],
+        &routes,
+    ));
+    out
+}
+
+/// Left-aligned columns; the last one is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -142,7 +232,7 @@ pub fn format_check(rows: &[CheckRow]) -> String {
     let mut line = |cols: &[&str]| {
         let text: Vec<String> = cols
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .enumerate()
             .map(|(i, (c, w))| {
                 if i + 1 == cols.len() {
@@ -154,8 +244,8 @@ pub fn format_check(rows: &[CheckRow]) -> String {
             .collect();
         let _ = writeln!(out, "{}", text.join("  ").trim_end());
     };
-    line(&header);
-    for row in &cells {
+    line(header);
+    for row in rows {
         line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out

@@ -33,9 +33,13 @@
 //!   forward, classify and retry once, errors in the Anthropic shape.
 //! - [`server`]: binds listeners, accepts HTTP/1.1 and h2 (TLS with certificate reload, or
 //!   cleartext), shuts down gracefully.
-//! - [`cli`]: the `check` and `env` reports (the command line itself lives in `main.rs`).
+//! - [`cli`]: the `check`, `env` and `status` reports (the command line itself lives in
+//!   `main.rs`).
+//! - [`app`]: the running process — generations of the config swapped on reload, the
+//!   admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), signals.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod callers;
 pub mod cli;
 pub mod client;

@@ -4,15 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use credproxy::cli;
 use credproxy::config::{Config, EMBEDDED_DEFAULT, Resolved};
 use credproxy::credentials::{Secret, keychain};
 use credproxy::kinds::Environment;
-use credproxy::proxy::{Proxy, Shared};
-use credproxy::server::{self, Bound};
 use credproxy::telemetry::{self, LogFormat};
 
 /// jemalloc with its background purging thread: memory freed after a burst goes back to
@@ -47,6 +44,9 @@ enum Command {
     Check,
     /// Print the environment clients need to use each route.
     Env,
+    /// Ask the running credproxy (its admin listener, from the config) how each credential
+    /// and route is doing.
+    Status,
     /// Print the embedded default config.
     DefaultConfig,
     /// Print the `[[callers.tokens]]` lines for a caller token: read from the terminal
@@ -112,7 +112,8 @@ fn main() -> ExitCode {
     };
     let resolved = runtime.block_on(config.resolve(&Environment::from_process()));
     match args.command.unwrap_or(Command::Run) {
-        Command::Run => runtime.block_on(run(resolved)),
+        Command::Run => runtime.block_on(credproxy::app::run(resolved, args.config.clone())),
+        Command::Status => runtime.block_on(status(&resolved)),
         Command::Check => runtime.block_on(check(resolved)),
         Command::Env => {
             print!("{}", cli::env_report(&resolved));
@@ -272,212 +273,35 @@ async fn check(resolved: Resolved) -> ExitCode {
     }
 }
 
-async fn run(resolved: Resolved) -> ExitCode {
-    watch_other_signals();
-    check_fd_limit(&resolved);
-    let client = match credproxy::client::build(&resolved) {
-        Ok(client) => client,
+/// `credproxy status`: the running process's `/status` as tables.
+async fn status(resolved: &Resolved) -> ExitCode {
+    let Some(addr) = resolved.config.admin.addr() else {
+        eprintln!(
+            "credproxy: `admin_listen` is \"off\" in this config; set it to an address to use `credproxy status`"
+        );
+        return ExitCode::FAILURE;
+    };
+    if addr.port() == 0 {
+        eprintln!(
+            "credproxy: `admin_listen` has port 0, so the running process's port is not known; set a fixed port"
+        );
+        return ExitCode::FAILURE;
+    }
+    match credproxy::app::admin::fetch_status(addr).await {
+        Ok(status) => {
+            print!("{}", cli::format_status(&status));
+            let failing = status["credentials"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["state"] == "failing"));
+            if failing {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Err(error) => {
             eprintln!("credproxy: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let shared = Arc::new(Shared::new(&resolved, client));
-    let tls = match &resolved.tls {
-        None => None,
-        Some(files) => {
-            match server::tls::Certificate::load(files).and_then(|c| Ok((c.acceptor()?, c))) {
-                Ok((acceptor, certificate)) => {
-                    certificate.watch();
-                    Some(acceptor)
-                }
-                Err(error) => {
-                    eprintln!("credproxy: {error}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    };
-
-    let mut bound = Vec::new();
-    for listener in &resolved.listeners {
-        let socket = match tokio::net::TcpListener::bind(listener.addr).await {
-            Ok(socket) => socket,
-            Err(error) => {
-                eprintln!("credproxy: cannot listen on {}: {error}", listener.addr);
-                return ExitCode::FAILURE;
-            }
-        };
-        let addr = socket.local_addr().unwrap_or(listener.addr);
-        let routes: Vec<String> = listener
-            .routes
-            .iter()
-            .map(|r| match &r.upstream {
-                Ok(upstream) => format!("{} -> {upstream}", r.prefix),
-                Err(_) => format!("{} (disabled)", r.prefix),
-            })
-            .collect();
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(target: "credproxy::server", %addr, scheme, routes = %routes.join(", "), "listening");
-        warn_if_exposed(&resolved, addr, tls.is_some());
-        let proxy = Arc::new(Proxy::new(
-            Arc::clone(&shared),
-            &resolved,
-            listener.routes.clone(),
-            addr,
-        ));
-        bound.push(Bound {
-            listener: socket,
-            proxy,
-            tls: tls.clone(),
-        });
-    }
-    warm_up(&resolved);
-    if shared.callers.is_some() {
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let prefetched = match &shared.callers {
-                Some(callers) => callers.prefetch_keys().await,
-                None => None,
-            };
-            match prefetched {
-                Some((issuer, Ok(keys))) => {
-                    tracing::info!(target: "credproxy::callers", %issuer, keys, "identity provider keys ready")
-                }
-                Some((issuer, Err(error))) => {
-                    tracing::warn!(target: "credproxy::callers", %issuer, %error,
-                        "identity provider keys not available yet; callers with JWTs get 503 until they are")
-                }
-                None => {}
-            }
-        });
-    }
-    server::run(
-        bound,
-        &resolved.config.limits,
-        shutdown_signal(),
-        resolved.config.shutdown_grace,
-    )
-    .await;
-    ExitCode::SUCCESS
-}
-
-/// Says at start what serving other machines means without callers or without TLS.
-fn warn_if_exposed(resolved: &Resolved, addr: std::net::SocketAddr, tls: bool) {
-    if addr.ip().is_loopback() {
-        return;
-    }
-    if resolved.config.callers.is_none() {
-        tracing::warn!(target: "credproxy::server", %addr,
-            "this listener serves other machines and has no [callers]: anyone who can reach it spends the credentials");
-    } else if !tls {
-        tracing::warn!(target: "credproxy::server", %addr,
-            "this listener serves other machines without TLS: caller tokens cross the network in clear text; set tls_cert and tls_key");
-    }
-}
-
-/// Fetches every credential in the background so the first request does not wait, and
-/// says at start which routes cannot work yet and why.
-fn warm_up(resolved: &Resolved) {
-    for (_, route) in resolved.routes() {
-        if let Some(reason) = route.disabled() {
-            tracing::warn!(route = %route.prefix, "route disabled: {reason}");
+            ExitCode::FAILURE
         }
     }
-    for (index, credential) in resolved.credentials.iter().enumerate() {
-        if resolved.unused_reason(index).is_some() {
-            continue;
-        }
-        let cached = Arc::clone(&credential.cached);
-        if cached.source().is_literal() {
-            tracing::warn!(credential = %cached.name(),
-                "the key is written in the config file; prefer `env`, `file` or `helper` so the file can be shared");
-        }
-        let routes: Vec<String> = resolved
-            .routes()
-            .filter(|(_, r)| r.credential == index && r.disabled().is_none())
-            .map(|(l, r)| cli::base_url(resolved, l.addr, &r.prefix))
-            .collect();
-        tokio::spawn(async move {
-            let source = cached.source().describe();
-            match cached.get().await {
-                Ok(_) => tracing::info!(credential = %cached.name(), %source, "credential ready"),
-                Err(error) => {
-                    tracing::warn!(credential = %cached.name(), %source, routes = %routes.join(", "), %error,
-                    "credential not available yet; its routes answer 502 with this reason until it is")
-                }
-            }
-        });
-    }
-}
-
-/// Signals that would otherwise kill the process mid-stream: SIGHUP (reload, not supported
-/// yet) and the user signals are logged instead.
-fn watch_other_signals() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let watched = [
-        (
-            SignalKind::hangup(),
-            "SIGHUP",
-            "reloading the configuration is not supported yet; restart credproxy to apply a changed config",
-        ),
-        (SignalKind::user_defined1(), "SIGUSR1", "ignored"),
-        (SignalKind::user_defined2(), "SIGUSR2", "ignored"),
-    ];
-    for (kind, name, what) in watched {
-        match signal(kind) {
-            Ok(mut received) => {
-                tokio::spawn(async move {
-                    while received.recv().await.is_some() {
-                        tracing::info!(signal = name, "{name} received: {what}");
-                    }
-                });
-            }
-            Err(error) => tracing::warn!(signal = name, %error, "cannot watch {name}"),
-        }
-    }
-}
-
-/// Raises the soft limit on open files to the hard limit (as Go and nginx do): each client
-/// connection and each upstream request holds a descriptor, and the usual soft limit of
-/// 1,024 is reached by a modest burst. Warns when the connection limits could still reach it.
-fn check_fd_limit(resolved: &Resolved) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
-    };
-    let per_listener = resolved.config.limits.max_connections as u64;
-    // A client connection, and an upstream connection for each, plus some to spare.
-    let wanted = per_listener * resolved.listeners.len() as u64 * 2 + 64;
-    if wanted > limit {
-        tracing::warn!(
-            open_files = limit,
-            max_connections = per_listener,
-            "the open-file limit is below what `max_connections` allows; lower it or raise the limit (ulimit -n)"
-        );
-    }
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(
-        tokio::signal::unix::SignalKind::terminate(),
-    ) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops credproxy gracefully");
-            let _ = interrupt.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate.recv() => {},
-    }
-    tracing::info!("shutting down: no new connections; finishing the open ones");
 }

@@ -117,6 +117,25 @@ pub enum CallerError {
 }
 
 impl CallerError {
+    /// A bounded name for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallerError::Missing { .. } => "missing",
+            CallerError::NotBearer { .. } => "not_bearer",
+            CallerError::UnknownToken => "unknown_token",
+            CallerError::Malformed(_) => "malformed",
+            CallerError::AlgorithmRefused(_) => "algorithm",
+            CallerError::UnknownKey { .. } => "unknown_key",
+            CallerError::BadSignature => "signature",
+            CallerError::Expired => "expired",
+            CallerError::NotYetValid | CallerError::IssuedInFuture => "not_yet_valid",
+            CallerError::WrongIssuer { .. } => "issuer",
+            CallerError::WrongAudience { .. } => "audience",
+            CallerError::MissingClaim(_) => "missing_claim",
+            CallerError::KeysUnavailable(_) => "keys_unavailable",
+        }
+    }
+
     /// Worth retrying with a fresh token: Claude Code runs its `apiKeyHelper` again after a
     /// 401, which helps only when the token merely aged. Every other refusal answers with
     /// `x-should-retry: false` so clients do not retry the same token for minutes.
@@ -132,6 +151,8 @@ impl CallerError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("caller {caller} may not use {place}: {rule}")]
 pub struct Refusal {
+    /// `domain` or `group`, for metrics.
+    pub reason: &'static str,
     pub caller: String,
     pub place: String,
     pub rule: String,
@@ -275,6 +296,7 @@ impl Callers {
             return Ok(());
         }
         let refuse = |rule: String| Refusal {
+            reason: "domain",
             caller: caller.label.to_string(),
             place: "this gateway".to_string(),
             rule,
@@ -316,6 +338,7 @@ impl Callers {
             return Ok(());
         }
         Err(Refusal {
+            reason: "group",
             caller: caller.label.to_string(),
             place: format!("route `{route}`"),
             rule: format!(

@@ -34,6 +34,7 @@ use crate::upstream::Upstream;
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9787";
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// Where the configuration text came from; decides how relative paths resolve.
@@ -81,6 +82,30 @@ pub struct Config {
     pub callers: Option<CallersConfig>,
     /// HTTPS on every proxy listener.
     pub tls: Option<TlsConfig>,
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/status` are served.
+    pub admin: AdminListen,
+    /// Reload when the config file changes (besides SIGHUP).
+    pub watch_config: bool,
+}
+
+/// The admin listener: never mixed with proxied routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    /// Not written in the file: if the port is taken (a second credproxy on the machine),
+    /// credproxy runs without admin endpoints and says so.
+    Default(std::net::SocketAddr),
+    /// Written in the file: failing to bind it stops the start.
+    Explicit(std::net::SocketAddr),
+}
+
+impl AdminListen {
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            AdminListen::Off => None,
+            AdminListen::Default(addr) | AdminListen::Explicit(addr) => Some(*addr),
+        }
+    }
 }
 
 /// The listener's certificate chain and key, PEM files re-read when they change.

@@ -14,8 +14,8 @@ use http::HeaderName;
 
 use super::callers;
 use super::{
-    Config, ConfigOrigin, CredentialConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY, GuardConfig, Limits,
-    Listener, Route, TlsConfig, UpstreamSpec,
+    AdminListen, Config, ConfigOrigin, CredentialConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY, GuardConfig, Limits, Listener, Route, TlsConfig, UpstreamSpec,
 };
 use crate::fields::{Checker, ConfigError, ConfigPath, Table, Text, parse_document};
 use crate::kinds::{self, Placeholder, ReadContext};
@@ -65,6 +65,17 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         ),
     };
     let guard = guard(root, cx);
+    let admin = match root.string(cx, "admin_listen") {
+        None => AdminListen::Default(
+            DEFAULT_ADMIN_LISTEN
+                .parse()
+                .expect("default admin address parses"),
+        ),
+        Some(text) if text.get_ref().trim() == "off" => AdminListen::Off,
+        Some(text) => listen_addr(cx, &text, allow_non_loopback)
+            .map_or(AdminListen::Off, AdminListen::Explicit),
+    };
+    let watch_config = root.bool(cx, "watch_config").is_some_and(|b| *b.get_ref());
     let max_body = root
         .string(cx, "max_body")
         .and_then(|t| cx.size(&t, 1024..=1024 * 1024 * 1024))
@@ -155,6 +166,8 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         strip_headers,
         callers,
         tls,
+        admin,
+        watch_config,
     }
 }
 

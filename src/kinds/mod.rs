@@ -70,7 +70,7 @@ pub struct ReadContext<'a> {
 
 /// A checked credential of some kind: everything the file said, nothing the environment
 /// says yet.
-pub trait Spec: std::any::Any + std::fmt::Debug + Send + Sync {
+pub trait Spec: std::any::Any + std::fmt::Debug + Send + Sync + SameAs {
     fn kind(&self) -> &'static str;
 
     /// Reads what the spec depends on in the environment, once, and binds the credential
@@ -82,6 +82,18 @@ pub trait Spec: std::any::Any + std::fmt::Debug + Send + Sync {
 
     /// Where its key comes from, for key-shaped kinds (`credproxy secret` writes there).
     fn key_source(&self) -> Option<&key_source::KeySource>;
+}
+
+/// Equality across `dyn Spec`: a reload keeps a credential's cached value when its table
+/// did not change. Every spec is `PartialEq`, so this needs no code in the kinds.
+pub trait SameAs {
+    fn same_as(&self, other: &dyn std::any::Any) -> bool;
+}
+
+impl<T: PartialEq + 'static> SameAs for T {
+    fn same_as(&self, other: &dyn std::any::Any) -> bool {
+        other.downcast_ref::<T>() == Some(self)
+    }
 }
 
 /// A credential bound to the environment: where its value comes from, how it goes onto a

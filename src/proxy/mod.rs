@@ -35,7 +35,7 @@ use crate::config::{Resolved, ResolvedRoute};
 use crate::credentials::{Cached, SharedCredential};
 use crate::headers;
 use crate::schemes::{Scheme, Verdict};
-use crate::telemetry::AccessLog;
+use crate::telemetry::{AccessLog, Metrics};
 pub use error::ProxyError;
 use guard::Guard;
 use route::RouteTable;
@@ -63,18 +63,22 @@ pub struct Shared {
     pub body_read_timeout: Duration,
     pub queue_timeout: Duration,
     /// `[callers]`: who may use the proxy listeners (`None`: whoever reaches them).
-    pub callers: Option<Callers>,
+    pub callers: Option<Arc<Callers>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub fn new(resolved: &Resolved, client: UpstreamClient) -> Self {
-        let callers = resolved
-            .config
-            .callers
-            .as_ref()
-            .map(|c| Callers::new(c, resolved.jwks_file.clone(), client.clone()));
+    /// `callers` is built by the caller of this so that a reload can keep the identity
+    /// provider's keys and the validated tokens when `[callers]` did not change.
+    pub fn new(
+        resolved: &Resolved,
+        client: UpstreamClient,
+        callers: Option<Arc<Callers>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Shared {
             callers,
+            metrics,
             client,
             credentials: resolved
                 .credentials
@@ -130,6 +134,13 @@ impl Proxy {
                 error.into_response()
             }
         };
+        self.shared.metrics.request(
+            log.route,
+            response.status().as_u16(),
+            log.attempts,
+            started.elapsed(),
+            log.upstream,
+        );
         log.finish(response.status(), started);
         response
     }
@@ -146,9 +157,11 @@ impl Proxy {
                 let caller = callers
                     .authenticate(&parts.headers)
                     .await
-                    .map_err(ProxyError::Caller)?;
+                    .map_err(|e| self.caller_error(ProxyError::Caller(e)))?;
                 log.caller = Some(Arc::clone(&caller.label));
-                callers.admit(&caller).map_err(ProxyError::CallerRefused)?;
+                callers
+                    .admit(&caller)
+                    .map_err(|e| self.caller_error(ProxyError::CallerRefused(e)))?;
                 Some(caller)
             }
             None => None,
@@ -179,7 +192,7 @@ impl Proxy {
         if let (Some(callers), Some(caller)) = (&self.shared.callers, &caller) {
             callers
                 .admit_route(caller, &route.prefix, route.groups.as_deref())
-                .map_err(ProxyError::CallerRefused)?;
+                .map_err(|e| self.caller_error(ProxyError::CallerRefused(e)))?;
         }
         let credential = &self.shared.credentials[route.credential];
         log.route = Some(&route.prefix);
@@ -219,6 +232,21 @@ impl Proxy {
         })?;
         self.forward(route, credential, parts, body, slot, log)
             .await
+    }
+
+    /// Counts a caller refusal by its reason.
+    fn caller_error(&self, error: ProxyError) -> ProxyError {
+        let reason = match &error {
+            ProxyError::Caller(e) => e.reason(),
+            ProxyError::CallerRefused(r) => r.reason,
+            _ => "other",
+        };
+        self.shared
+            .metrics
+            .caller_rejections
+            .get_or_create(&crate::telemetry::metrics::ReasonLabels { reason })
+            .inc();
+        error
     }
 
     /// Waits up to `queue_timeout` for one of the route's in-flight slots.
@@ -278,6 +306,14 @@ impl Proxy {
                 tracing::info!(route = %route.prefix, credential = %credential.cached.name(),
                     status = status.as_u16(), "upstream rejected the credential; refreshing and replaying once");
                 credential.cached.invalidate(&first.credential);
+                self.shared
+                    .metrics
+                    .auth_retries
+                    .get_or_create(&crate::telemetry::metrics::RetryLabels {
+                        route: route.prefix.clone(),
+                        credential: credential.cached.name().to_string(),
+                    })
+                    .inc();
             }
         }
         drop(answer);

@@ -9,13 +9,14 @@
 //!   within `header_read_timeout` of its first byte, and a connection with no request in
 //!   flight is closed after `idle_timeout`. So idle or slow sockets are reaped, and when
 //!   file descriptors run out credproxy recovers by itself.
-//! - [`run`] takes listeners that are already bound and a shutdown future, so tests and
-//!   `main` bind where they like (`127.0.0.1:0`) and learn the port before serving.
+//! - [`Server`] takes listeners that are already bound, so `main` binds where it likes
+//!   (`127.0.0.1:0` in tests) and learns the port before serving; a reload adds, changes
+//!   and closes listeners while the others keep serving.
 
 pub mod connection;
 pub mod tls;
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,14 +28,18 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::Limits;
 use crate::proxy::Proxy;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::ListenerLabels;
 use connection::{Activity, Expired, Tracked, Watched};
 
-/// A bound listener and the proxy that serves it.
+/// A bound listener, what serves it, and its TLS when it has one. Both are swapped by a
+/// reload without touching the socket.
 pub struct Bound {
     pub listener: TcpListener,
     pub proxy: Arc<Proxy>,
@@ -51,59 +56,123 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 struct Context {
     builder: auto::Builder<TokioExecutor>,
     limits: Limits,
-    shutdown: watch::Receiver<bool>,
-    /// Held by every connection task; `run` waits for all to be dropped.
+    /// Held by every connection task; `shutdown` waits for all to be dropped.
     open: mpsc::Sender<()>,
     count: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests and
-/// streams up to `grace` to finish before dropping them.
-pub async fn run(
-    bound: Vec<Bound>,
-    limits: &Limits,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
-    let (stop, stopped) = watch::channel(false);
-    let (open, mut all_closed) = mpsc::channel::<()>(1);
-    let count = Arc::new(AtomicUsize::new(0));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The watchdog keeps the clocks (hyper's header timer would also run while idle).
-    builder.http1().header_read_timeout(None);
-    builder
-        .http2()
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .max_pending_accept_reset_streams(32);
-    let context = Arc::new(Context {
-        builder,
-        limits: limits.clone(),
-        shutdown: stopped,
-        open,
-        count: Arc::clone(&count),
-    });
-    let mut accept_loops = JoinSet::new();
-    for Bound {
-        listener,
-        proxy,
-        tls,
-    } in bound
-    {
-        accept_loops.spawn(accept(listener, proxy, tls, Arc::clone(&context)));
+/// What one listener serves now; each request reads it, so a reload takes effect at the
+/// next request while requests in flight finish on what they started with.
+struct Serving {
+    proxy: ArcSwap<Proxy>,
+    tls: ArcSwapOption<TlsAcceptor>,
+}
+
+struct Listening {
+    accept: tokio::task::JoinHandle<()>,
+    serving: Arc<Serving>,
+    /// Tells this listener's connections to finish and close.
+    stop: watch::Sender<bool>,
+}
+
+/// The listeners being served. Listeners can be added, changed and closed while running
+/// (a reload); [`Server::shutdown`] stops them all gracefully.
+pub struct Server {
+    context: Arc<Context>,
+    all_closed: mpsc::Receiver<()>,
+    count: Arc<AtomicUsize>,
+    listeners: HashMap<SocketAddr, Listening>,
+}
+
+impl Server {
+    pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Self {
+        let (open, all_closed) = mpsc::channel::<()>(1);
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // The watchdog keeps the clocks (hyper's header timer would also run while idle).
+        builder.http1().header_read_timeout(None);
+        builder
+            .http2()
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024)
+            .max_pending_accept_reset_streams(32);
+        Server {
+            context: Arc::new(Context {
+                builder,
+                limits: limits.clone(),
+                open,
+                count: Arc::clone(&count),
+                metrics,
+            }),
+            all_closed,
+            count,
+            listeners: HashMap::new(),
+        }
     }
-    drop(context);
-    shutdown.await;
-    // Dropping the accept loops closes the listening sockets.
-    accept_loops.shutdown().await;
-    let _ = stop.send(true);
-    let open = count.load(Ordering::Acquire);
-    if open > 0 {
-        tracing::info!(open, grace = %humantime::format_duration(grace), "waiting for open connections to finish");
+
+    /// Starts serving a bound listener; `key` is the address the config names (the bound
+    /// one differs for port 0).
+    pub fn serve(&mut self, key: SocketAddr, bound: Bound) {
+        let serving = Arc::new(Serving {
+            proxy: ArcSwap::new(bound.proxy),
+            tls: ArcSwapOption::new(bound.tls.map(Arc::new)),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let accept = tokio::spawn(accept(
+            bound.listener,
+            Arc::clone(&serving),
+            stopped,
+            Arc::clone(&self.context),
+        ));
+        self.listeners.insert(
+            key,
+            Listening {
+                accept,
+                serving,
+                stop,
+            },
+        );
     }
-    tokio::select! {
-        _ = all_closed.recv() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+
+    /// The addresses (as configured) being served.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners.keys().copied().collect()
+    }
+
+    /// New requests on `key` are served by `proxy` (and new connections get `tls`).
+    pub fn update(&self, key: SocketAddr, proxy: Arc<Proxy>, tls: Option<TlsAcceptor>) {
+        if let Some(listening) = self.listeners.get(&key) {
+            listening.serving.proxy.store(proxy);
+            listening.serving.tls.store(tls.map(Arc::new));
+        }
+    }
+
+    /// Stops accepting on `key` (the socket closes) and asks its connections to finish
+    /// what they are doing and close.
+    pub fn close(&mut self, key: SocketAddr) {
+        if let Some(listening) = self.listeners.remove(&key) {
+            listening.accept.abort();
+            let _ = listening.stop.send(true);
+        }
+    }
+
+    /// Stops accepting everywhere, then gives in-flight requests and streams up to `grace`
+    /// to finish before dropping them.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let keys = self.addresses();
+        for key in keys {
+            self.close(key);
+        }
+        drop(self.context);
+        let open = self.count.load(Ordering::Acquire);
+        if open > 0 {
+            tracing::info!(open, grace = %humantime::format_duration(grace), "waiting for open connections to finish");
+        }
+        tokio::select! {
+            _ = self.all_closed.recv() => tracing::info!("all connections closed"),
+            _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+        }
     }
 }
 
@@ -136,13 +205,20 @@ impl Throttled {
 
 async fn accept(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
-    tls: Option<TlsAcceptor>,
+    serving: Arc<Serving>,
+    stopped: watch::Receiver<bool>,
     context: Arc<Context>,
 ) {
     let addr = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let open_here = context
+        .metrics
+        .connections_open
+        .get_or_create(&ListenerLabels {
+            listener: addr.clone(),
+        })
+        .clone();
     let slots = Arc::new(Semaphore::new(context.limits.max_connections));
     let mut full = Throttled::new();
     let mut failing = Throttled::new();
@@ -173,18 +249,20 @@ async fn accept(
             }
         };
         let context = Arc::clone(&context);
-        let proxy = Arc::clone(&proxy);
-        let tls = tls.clone();
+        let serving = Arc::clone(&serving);
+        let stopped = stopped.clone();
+        let open_here = open_here.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            match tls {
-                None => serve(stream, peer, proxy, &context).await,
+            open_here.inc();
+            match serving.tls.load_full() {
+                None => serve(stream, peer, serving, stopped, &context).await,
                 Some(acceptor) => {
                     // The handshake counts against the time a client has to send its head.
                     let handshake = acceptor.accept(stream);
                     match tokio::time::timeout(context.limits.header_read_timeout, handshake).await
                     {
-                        Ok(Ok(stream)) => serve(stream, peer, proxy, &context).await,
+                        Ok(Ok(stream)) => serve(stream, peer, serving, stopped, &context).await,
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake failed");
                         }
@@ -194,6 +272,7 @@ async fn accept(
                     }
                 }
             }
+            open_here.dec();
             drop(permit);
         });
     }
@@ -201,8 +280,13 @@ async fn accept(
 
 /// Serves one connection until it ends, its watchdog closes it, or shutdown asks it to
 /// finish.
-async fn serve<IO>(stream: IO, peer: SocketAddr, proxy: Arc<Proxy>, context: &Context)
-where
+async fn serve<IO>(
+    stream: IO,
+    peer: SocketAddr,
+    serving: Arc<Serving>,
+    mut shutdown: watch::Receiver<bool>,
+    context: &Context,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _open = context.open.clone();
@@ -213,7 +297,7 @@ where
         let activity = Arc::clone(&activity);
         service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let in_flight = activity.request_started(request.version() == http::Version::HTTP_2);
-            let proxy = Arc::clone(&proxy);
+            let proxy = serving.proxy.load_full();
             async move {
                 let response = proxy.handle(request).await;
                 Ok::<_, std::convert::Infallible>(
@@ -224,7 +308,6 @@ where
     };
     let connection = context.builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let mut shutdown = context.shutdown.clone();
     let limits = &context.limits;
     // Once the connection was asked to close: the time by which it must have.
     let mut closing: Option<Instant> = None;

@@ -68,24 +68,30 @@ impl Certificate {
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
-    /// Checks the files every [`POLL_EVERY`] for as long as the process runs.
+    /// Checks the files every [`POLL_EVERY`] while the certificate is in use (a reload that
+    /// names other files drops it, and the check stops).
     pub fn watch(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        let stamps = |files: &TlsFiles| (stamp(&files.cert), stamp(&files.key));
+        let mut seen = stamps(&self.files);
+        drop(self);
         tokio::spawn(async move {
-            let stamps = |files: &TlsFiles| (stamp(&files.cert), stamp(&files.key));
-            let mut seen = stamps(&self.files);
             let mut ticker = tokio::time::interval(POLL_EVERY);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let now = stamps(&self.files);
+                let Some(this) = weak.upgrade() else {
+                    return;
+                };
+                let now = stamps(&this.files);
                 if now == seen {
                     continue;
                 }
                 seen = now;
-                match certified_key(&self.files) {
+                match certified_key(&this.files) {
                     Ok(key) => {
-                        self.current.store(Arc::new(key));
-                        tracing::info!(target: "credproxy::server", cert = %self.files.cert.display(),
+                        this.current.store(Arc::new(key));
+                        tracing::info!(target: "credproxy::server", cert = %this.files.cert.display(),
                             "TLS certificate reloaded; new connections use it");
                     }
                     Err(error) => {

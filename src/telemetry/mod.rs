@@ -5,12 +5,14 @@
 //! never logged, so no key, token or signature can reach the log through it.
 
 mod batched;
+pub mod metrics;
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 pub use batched::FlushGuard;
 use http::{Method, StatusCode, Uri};
+pub use metrics::Metrics;
 use tracing_subscriber::EnvFilter;
 
 use crate::failure::Side;

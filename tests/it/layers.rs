@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "proxy",
     "server",
     "cli",
+    "app",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

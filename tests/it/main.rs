@@ -9,6 +9,7 @@ mod google;
 mod hardening;
 mod keychain;
 mod layers;
+mod operability;
 mod properties;
 mod proxy;
 mod support;

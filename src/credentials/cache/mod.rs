@@ -51,6 +51,21 @@ pub struct Cached {
     fetches: AtomicU64,
     /// The error of the last fetch when it failed, with that fetch's number.
     last_failure: Mutex<Option<(u64, Arc<SourceError>)>>,
+    /// What `/status` and the metrics report; written on fetches and rejections only.
+    stats: Mutex<Stats>,
+}
+
+/// A credential's history as operators see it. Never holds a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub fetched_ok: u64,
+    pub fetch_failed: u64,
+    /// When the current value was fetched.
+    pub fetched_at: Option<SystemTime>,
+    /// The last failed fetch: when, and its message.
+    pub last_error: Option<(SystemTime, String)>,
+    /// Values dropped because an upstream rejected them.
+    pub rejected: u64,
 }
 
 #[derive(Debug)]
@@ -76,7 +91,12 @@ impl Cached {
             fetching: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
             last_failure: Mutex::new(None),
+            stats: Mutex::new(Stats::default()),
         })
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().expect("not poisoned").clone()
     }
 
     pub fn name(&self) -> &str {
@@ -107,6 +127,7 @@ impl Cached {
     /// Called when an upstream rejected `failed`: drops it unless a newer value already
     /// replaced it. The next [`get`](Self::get) fetches afresh.
     pub fn invalidate(&self, failed: &Credential) {
+        self.stats.lock().expect("not poisoned").rejected += 1;
         self.current.rcu(|current| match current {
             Some(entry) if entry.credential.generation == failed.generation => None,
             other => other.clone(),
@@ -156,6 +177,9 @@ impl Cached {
         let outcome = match result {
             Ok(fetched) => {
                 tracing::debug!(credential = %self.name, source = %self.source.describe(), "credential fetched");
+                let mut stats = self.stats.lock().expect("not poisoned");
+                stats.fetched_ok += 1;
+                stats.fetched_at = Some(SystemTime::now());
                 Ok(Arc::new(entry(fetched)))
             }
             Err(mut error) => {
@@ -164,6 +188,11 @@ impl Cached {
                 }
                 if let Some(diagnostic) = error.diagnostic() {
                     tracing::warn!(credential = %self.name, %error, diagnostic, "credential source failed");
+                }
+                {
+                    let mut stats = self.stats.lock().expect("not poisoned");
+                    stats.fetch_failed += 1;
+                    stats.last_error = Some((SystemTime::now(), error.to_string()));
                 }
                 let error = Arc::new(error);
                 *self.last_failure.lock().expect("not poisoned") =

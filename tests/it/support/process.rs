@@ -35,6 +35,12 @@ impl Scratch {
         Scratch { dir }
     }
 
+    /// A port nothing listens on right now, for a config that must name a fixed one.
+    pub fn free_port() -> u16 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -268,6 +274,17 @@ impl Running {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr())
+    }
+
+    /// The admin listener's base URL, from its start line (`admin=IP:PORT`).
+    pub async fn admin_url(&self, path: &str) -> String {
+        self.wait_for_output("admin endpoints ready").await;
+        let output = self.output();
+        let addr = output
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin="))
+            .expect("the admin line names its address");
+        format!("http://{addr}{path}")
     }
 
     /// Everything credproxy printed so far, stdout and stderr.

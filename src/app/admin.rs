@@ -1,0 +1,276 @@
+//! The admin listener (`admin_listen`, default `127.0.0.1:9787`, `"off"` disables), never
+//! mixed with proxied routes:
+//!
+//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /readyz`: 200 once every credential an enabled route uses holds a value (or is a
+//!   static key); else 503 naming the ones that do not, and why.
+//! - `GET /metrics`: Prometheus / OpenMetrics text.
+//! - `GET /status`: JSON per credential (kind, source, fetched at, expires in, fetches,
+//!   rejections, last error — never a value) and per route (upstream, credential, why
+//!   disabled). `credproxy status` prints it as a table.
+//!
+//! The same Host and Origin guard as the proxy listeners applies (a web page must not read
+//! `/status` through DNS rebinding).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::Current;
+use crate::config::{AdminListen, Resolved};
+use crate::proxy::guard::Guard;
+use crate::telemetry::Metrics;
+
+/// Binds the admin listener and serves it in the background. A default address that is
+/// taken (a second credproxy on this machine) is a warning; an address written in the
+/// config that cannot be bound is an error.
+pub async fn start(
+    listen: AdminListen,
+    current: Current,
+    metrics: Arc<Metrics>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    let Some(addr) = listen.addr() else {
+        return Ok(None);
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(error) if matches!(listen, AdminListen::Default(_)) => {
+            tracing::warn!(target: "credproxy::admin", %addr, %error,
+                "admin endpoints not served: the default address is taken; set `admin_listen` to another address (or \"off\")");
+            return Ok(None);
+        }
+        Err(error) => return Err(format!("cannot listen on admin_listen {addr}: {error}")),
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(target: "credproxy::admin", admin = %local,
+        "admin endpoints ready: /healthz /readyz /metrics /status");
+    Ok(Some(tokio::spawn(serve(listener, local, current, metrics))))
+}
+
+async fn serve(listener: TcpListener, local: SocketAddr, current: Current, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (current, metrics) = (Arc::clone(&current), Arc::clone(&metrics));
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let answer = answer(&request, local, &current, &metrics);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(
+    request: &Request<Incoming>,
+    local: SocketAddr,
+    current: &Current,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    let generation = current.load();
+    let (parts, ()) = clone_head(request);
+    let guard = Guard::new(generation.resolved.config.guard.clone(), local);
+    if let Err(error) = guard.check(&parts) {
+        return json_response(StatusCode::FORBIDDEN, &json!({"error": error.to_string()}));
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "the admin endpoints answer GET only"}),
+        );
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/readyz" => {
+            let waiting = not_ready(&generation.resolved);
+            let status = if waiting.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                &json!({"ready": waiting.is_empty(), "waiting": waiting}),
+            )
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/status" => json_response(StatusCode::OK, &status(&generation)),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not found; the admin endpoints are /healthz, /readyz, /metrics and /status"}),
+        ),
+    }
+}
+
+/// The request head without its body, for the guard.
+fn clone_head(request: &Request<Incoming>) -> (http::request::Parts, ()) {
+    let mut copy = Request::new(());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy.into_parts()
+}
+
+/// Credentials an enabled route uses that hold no value yet: name and why.
+fn not_ready(resolved: &Resolved) -> Vec<Value> {
+    resolved
+        .credentials
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| resolved.unused_reason(*index).is_none())
+        .filter(|(_, c)| !c.cached.source().is_static() && c.cached.peek().is_none())
+        .map(|(_, c)| {
+            let stats = c.cached.stats();
+            let reason = match stats.last_error {
+                Some((_, message)) => message,
+                None => "not fetched yet".to_string(),
+            };
+            json!({"credential": c.name, "reason": reason})
+        })
+        .collect()
+}
+
+fn status(generation: &super::Generation) -> Value {
+    let resolved = &generation.resolved;
+    let now = SystemTime::now();
+    let credentials: Vec<Value> = resolved
+        .credentials
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let stats = c.cached.stats();
+            let value = c.cached.peek();
+            let expires_in = value.as_ref().and_then(|v| v.expires_at).map(|at| {
+                match at.duration_since(now) {
+                    Ok(left) => left.as_secs() as i64,
+                    Err(past) => -(past.duration().as_secs() as i64),
+                }
+            });
+            let state = if value.is_some() {
+                "ready"
+            } else if stats.last_error.is_some() {
+                "failing"
+            } else if resolved.unused_reason(index).is_some() {
+                "unused"
+            } else {
+                "not fetched"
+            };
+            json!({
+                "name": c.name,
+                "kind": c.spec.kind(),
+                "source": c.cached.source().describe(),
+                "state": state,
+                "fetched_at": stats.fetched_at.map(rfc3339),
+                "expires_in_seconds": expires_in,
+                "fetches": stats.fetched_ok,
+                "fetch_errors": stats.fetch_failed,
+                "rejected_by_upstream": stats.rejected,
+                "last_error": stats.last_error.map(|(at, message)| json!({"at": rfc3339(at), "message": message})),
+                "unused": resolved.unused_reason(index),
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = resolved
+        .routes()
+        .map(|(listener, route)| {
+            json!({
+                "listener": listener.addr.to_string(),
+                "prefix": route.prefix,
+                "upstream": route.upstream_text(),
+                "credential": resolved.credentials[route.credential].name,
+                "disabled": route.disabled(),
+                "groups": route.groups.as_deref(),
+            })
+        })
+        .collect();
+    json!({
+        "config": {
+            "origin": resolved.config.origin.display_name(),
+            "loaded_at": rfc3339(generation.loaded_at),
+            "callers": resolved.config.callers.is_some(),
+            "tls": resolved.tls.is_some(),
+        },
+        "credentials": credentials,
+        "routes": routes,
+    })
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    text(status, "application/json", format!("{body}\n"))
+}
+
+/// `credproxy status`: asks the running process for `/status`.
+pub async fn fetch_status(addr: SocketAddr) -> Result<Value, String> {
+    let stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| format!("no answer from the admin listener at {addr}"))?
+    .map_err(|e| {
+        format!("cannot reach the admin listener at {addr} (is credproxy running with this config?): {e}")
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("admin listener at {addr}: {e}"))?;
+    tokio::spawn(connection);
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let request = Request::get("/status")
+        .header(header::HOST, host)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .map_err(|_| format!("the admin listener at {addr} did not answer in time"))?
+        .map_err(|e| format!("admin listener at {addr}: {e}"))?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "the admin listener answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("/status is not JSON: {e}"))
+}

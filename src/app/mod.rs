@@ -1,0 +1,440 @@
+//! The running process: builds a [`Generation`] from the resolved config, binds the
+//! listeners, serves the admin endpoints ([`admin`]), and reloads the config on SIGHUP or
+//! when the file changes (`watch_config`), until SIGINT/SIGTERM.
+//!
+//! A reload parses and validates the whole file first; anything wrong and the old config
+//! keeps serving, with every problem logged. A good file becomes the next generation,
+//! swapped in atomically: requests in flight finish on the generation they started with;
+//! listeners added are bound (all of them before anything is swapped), listeners removed
+//! stop accepting and their connections finish what they are doing.
+
+pub mod admin;
+mod generation;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub use generation::Generation;
+
+use crate::config::{Config, Resolved};
+use crate::kinds::Environment;
+use crate::server::{Bound, Server};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::ResultLabels;
+
+/// How often the config file is checked when `watch_config = true`.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// The generation requests and the admin endpoints see now.
+pub type Current = Arc<ArcSwap<Generation>>;
+
+/// Serves `resolved` until SIGINT/SIGTERM. `config_path` is what `--config` named: a
+/// reload reads the config from the same place.
+pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
+    watch_user_signals();
+    check_fd_limit(&resolved);
+    let metrics = Arc::new(Metrics::new());
+    let limits = resolved.config.limits.clone();
+    let grace = resolved.config.shutdown_grace;
+    let admin_listen = resolved.config.admin;
+    let generation = match Generation::build(resolved, None, &metrics) {
+        Ok(generation) => generation,
+        Err(error) => {
+            eprintln!("credproxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut server = Server::new(&limits, Arc::clone(&metrics));
+    let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+    let addrs: Vec<SocketAddr> = generation
+        .resolved
+        .listeners
+        .iter()
+        .map(|l| l.addr)
+        .collect();
+    for addr in addrs {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("credproxy: cannot listen on {addr}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        start_listener(&mut server, &mut bound, &generation, addr, listener);
+    }
+    warm_up(&generation, |_| true);
+    metrics.set_credentials(cells(&generation));
+    let current: Current = Arc::new(ArcSwap::from_pointee(generation));
+    let admin = match admin::start(admin_listen, Arc::clone(&current), Arc::clone(&metrics)).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            eprintln!("credproxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
+    watch_hangup(reload_tx.clone());
+    if let Some(path) = config_file(config_path.as_deref()) {
+        watch_file(path, Arc::clone(&current), reload_tx);
+    }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(why) = reload_rx.recv() => {
+                reload(why, config_path.as_deref(), &current, &mut server, &mut bound, &metrics).await;
+            }
+        }
+    }
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    server.shutdown(grace).await;
+    ExitCode::SUCCESS
+}
+
+fn cells(generation: &Generation) -> Vec<Arc<crate::credentials::Cached>> {
+    generation
+        .resolved
+        .credentials
+        .iter()
+        .map(|c| Arc::clone(&c.cached))
+        .collect()
+}
+
+/// Serves a freshly bound listener with `generation`'s proxy for it.
+fn start_listener(
+    server: &mut Server,
+    bound: &mut HashMap<SocketAddr, SocketAddr>,
+    generation: &Generation,
+    addr: SocketAddr,
+    listener: TcpListener,
+) {
+    let local = listener.local_addr().unwrap_or(addr);
+    let Some(proxy) = generation.proxy(addr, local) else {
+        return;
+    };
+    let tls = generation.acceptor();
+    let routes: Vec<String> = generation
+        .resolved
+        .listeners
+        .iter()
+        .filter(|l| l.addr == addr)
+        .flat_map(|l| &l.routes)
+        .map(|r| match &r.upstream {
+            Ok(upstream) => format!("{} -> {upstream}", r.prefix),
+            Err(_) => format!("{} (disabled)", r.prefix),
+        })
+        .collect();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(target: "credproxy::server", addr = %local, scheme, routes = %routes.join(", "), "listening");
+    warn_if_exposed(&generation.resolved, local, tls.is_some());
+    bound.insert(addr, local);
+    server.serve(
+        addr,
+        Bound {
+            listener,
+            proxy,
+            tls,
+        },
+    );
+}
+
+/// Reads, validates and applies the config again; on any problem the old one stays.
+async fn reload(
+    why: &str,
+    config_path: Option<&std::path::Path>,
+    current: &Current,
+    server: &mut Server,
+    bound: &mut HashMap<SocketAddr, SocketAddr>,
+    metrics: &Arc<Metrics>,
+) {
+    let rejected = |problem: &str| {
+        tracing::error!(target: "credproxy::reload", trigger = why,
+            "configuration not reloaded; still serving the previous one:\n{problem}");
+        metrics
+            .reloads
+            .get_or_create(&ResultLabels { result: "rejected" })
+            .inc();
+    };
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => return rejected(&error.to_string()),
+    };
+    let resolved = config.resolve(&Environment::from_process()).await;
+    let previous = current.load_full();
+    let next = match Generation::build(resolved, Some(&previous), metrics) {
+        Ok(next) => next,
+        Err(error) => return rejected(&error),
+    };
+    // Bind every new listener before changing anything, so a taken port rejects the
+    // reload as a whole.
+    let mut fresh = Vec::new();
+    for listener in &next.resolved.listeners {
+        if bound.contains_key(&listener.addr) {
+            continue;
+        }
+        match TcpListener::bind(listener.addr).await {
+            Ok(socket) => fresh.push((listener.addr, socket)),
+            Err(error) => {
+                return rejected(&format!("cannot listen on {}: {error}", listener.addr));
+            }
+        }
+    }
+    warn_restart_only(&previous.resolved, &next.resolved);
+    let changes = previous.changes(&next);
+    let wanted: Vec<SocketAddr> = next.resolved.listeners.iter().map(|l| l.addr).collect();
+    for (configured, local) in bound.clone() {
+        if wanted.contains(&configured) {
+            if let Some(proxy) = next.proxy(configured, local) {
+                server.update(configured, proxy, next.acceptor());
+            }
+        } else {
+            server.close(configured);
+            bound.remove(&configured);
+            tracing::info!(target: "credproxy::reload", addr = %local,
+                "listener removed: no longer accepting; its connections finish and close");
+        }
+    }
+    for (addr, socket) in fresh {
+        start_listener(server, bound, &next, addr, socket);
+    }
+    let kept = next.kept.clone();
+    warm_up(&next, |name| !kept.contains(name));
+    metrics.set_credentials(cells(&next));
+    current.store(Arc::new(next));
+    metrics
+        .reloads
+        .get_or_create(&ResultLabels { result: "applied" })
+        .inc();
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "-".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    tracing::info!(target: "credproxy::reload", trigger = why,
+        credentials_added = %list(&changes.credentials_added),
+        credentials_changed = %list(&changes.credentials_changed),
+        credentials_removed = %list(&changes.credentials_removed),
+        credentials_kept = %kept.len(),
+        routes_before = changes.routes_before, routes_after = changes.routes_after,
+        "configuration reloaded");
+}
+
+/// Settings read once at start; a reload that changes them says so.
+fn warn_restart_only(before: &Resolved, after: &Resolved) {
+    let (a, b) = (&before.config, &after.config);
+    let mut changed = Vec::new();
+    if a.limits.header_read_timeout != b.limits.header_read_timeout
+        || a.limits.idle_timeout != b.limits.idle_timeout
+        || a.limits.max_connections != b.limits.max_connections
+    {
+        changed.push("header_read_timeout / idle_timeout / max_connections");
+    }
+    if a.shutdown_grace != b.shutdown_grace {
+        changed.push("shutdown_grace");
+    }
+    if a.admin != b.admin {
+        changed.push("admin_listen");
+    }
+    if !changed.is_empty() {
+        tracing::warn!(target: "credproxy::reload", settings = %changed.join(", "),
+            "these settings changed but apply only after a restart; everything else is in effect");
+    }
+}
+
+/// The file a reload reads: `--config`, else `$CREDPROXY_CONFIG`; none for the embedded
+/// default.
+fn config_file(explicit: Option<&std::path::Path>) -> Option<PathBuf> {
+    explicit.map(PathBuf::from).or_else(|| {
+        std::env::var_os("CREDPROXY_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+fn watch_hangup(reloads: mpsc::Sender<&'static str>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(target: "credproxy::reload", "SIGHUP received: reloading the configuration");
+                    let _ = reloads.send("SIGHUP").await;
+                }
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP; the configuration cannot be reloaded")
+        }
+    }
+}
+
+/// Polls the config file (size, modification time, inode: editors that replace the file
+/// and Kubernetes' symlink swaps are both seen) while `watch_config` is on in the current
+/// generation.
+fn watch_file(path: PathBuf, current: Current, reloads: mpsc::Sender<&'static str>) {
+    tokio::spawn(async move {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = |path: &PathBuf| -> Option<(u64, SystemTime, u64)> {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.len(), meta.modified().ok()?, meta.ino()))
+        };
+        let mut seen = stamp(&path);
+        let mut ticker = tokio::time::interval(WATCH_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = stamp(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            if current.load().resolved.config.watch_config {
+                tracing::info!(target: "credproxy::reload", file = %path.display(),
+                    "the config file changed: reloading");
+                let _ = reloads.send("watch_config").await;
+            }
+        }
+    });
+}
+
+/// Says at start what serving other machines means without callers or without TLS.
+fn warn_if_exposed(resolved: &Resolved, addr: SocketAddr, tls: bool) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if resolved.config.callers.is_none() {
+        tracing::warn!(target: "credproxy::server", %addr,
+            "this listener serves other machines and has no [callers]: anyone who can reach it spends the credentials");
+    } else if !tls {
+        tracing::warn!(target: "credproxy::server", %addr,
+            "this listener serves other machines without TLS: caller tokens cross the network in clear text; set tls_cert and tls_key");
+    }
+}
+
+/// Fetches the credentials `fetch` names in the background so the first request does not
+/// wait, and says which routes cannot work yet and why; also the identity provider's keys.
+fn warm_up(generation: &Generation, fetch: impl Fn(&str) -> bool) {
+    let resolved = &generation.resolved;
+    for (_, route) in resolved.routes() {
+        if let Some(reason) = route.disabled() {
+            tracing::warn!(route = %route.prefix, "route disabled: {reason}");
+        }
+    }
+    for (index, credential) in resolved.credentials.iter().enumerate() {
+        if resolved.unused_reason(index).is_some() || !fetch(&credential.name) {
+            continue;
+        }
+        let cached = Arc::clone(&credential.cached);
+        if cached.source().is_literal() {
+            tracing::warn!(credential = %cached.name(),
+                "the key is written in the config file; prefer `env`, `file` or `helper` so the file can be shared");
+        }
+        let routes: Vec<String> = resolved
+            .routes()
+            .filter(|(_, r)| r.credential == index && r.disabled().is_none())
+            .map(|(l, r)| crate::cli::base_url(resolved, l.addr, &r.prefix))
+            .collect();
+        tokio::spawn(async move {
+            let source = cached.source().describe();
+            match cached.get().await {
+                Ok(_) => tracing::info!(credential = %cached.name(), %source, "credential ready"),
+                Err(error) => {
+                    tracing::warn!(credential = %cached.name(), %source, routes = %routes.join(", "), %error,
+                    "credential not available yet; its routes answer 502 with this reason until it is")
+                }
+            }
+        });
+    }
+    if let Some(callers) = generation.shared.callers.clone() {
+        tokio::spawn(async move {
+            match callers.prefetch_keys().await {
+                Some((issuer, Ok(keys))) => {
+                    tracing::info!(target: "credproxy::callers", %issuer, keys, "identity provider keys ready")
+                }
+                Some((issuer, Err(error))) => {
+                    tracing::warn!(target: "credproxy::callers", %issuer, %error,
+                        "identity provider keys not available yet; callers with JWTs get 503 until they are")
+                }
+                None => {}
+            }
+        });
+    }
+}
+
+/// The user signals would otherwise kill the process mid-stream; they are logged instead.
+fn watch_user_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    for (kind, name) in [
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
+        match signal(kind) {
+            Ok(mut received) => {
+                tokio::spawn(async move {
+                    while received.recv().await.is_some() {
+                        tracing::info!(signal = name, "{name} received: ignored");
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(signal = name, %error, "cannot watch {name}"),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (as Go and nginx do): each client
+/// connection and each upstream request holds a descriptor, and the usual soft limit of
+/// 1,024 is reached by a modest burst. Warns when the connection limits could still reach it.
+fn check_fd_limit(resolved: &Resolved) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let per_listener = resolved.config.limits.max_connections as u64;
+    // A client connection, and an upstream connection for each, plus some to spare.
+    let wanted = per_listener * resolved.listeners.len() as u64 * 2 + 64;
+    if wanted > limit {
+        tracing::warn!(
+            open_files = limit,
+            max_connections = per_listener,
+            "the open-file limit is below what `max_connections` allows; lower it or raise the limit (ulimit -n)"
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = match tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::terminate(),
+    ) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops credproxy gracefully");
+            let _ = interrupt.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+    tracing::info!("shutting down: no new connections; finishing the open ones");
+}

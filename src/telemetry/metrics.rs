@@ -1,0 +1,251 @@
+//! Prometheus metrics (prometheus-client, as linkerd2-proxy and agentgateway use).
+//!
+//! Request metrics are counted as requests finish; credential metrics are read from the
+//! credential cells at scrape time (so a reload that swaps the cells needs no bookkeeping
+//! here beyond handing over the new list). Every label is bounded: route prefixes and
+//! credential names come from the config, statuses are numbers, reasons a fixed set; no
+//! path, caller or value ever becomes a label.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::credentials::Cached;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub route: String,
+    pub credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    credential: String,
+    result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~33 min: covers a cached-credential forward and a long stream's head.
+    Histogram::new(exponential_buckets(0.001, 2.0, 22))
+}
+
+/// Every metric credproxy exports. Lives for the whole process (reloads keep counting).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub auth_retries: Family<RetryLabels, Counter>,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub caller_rejections: Family<ReasonLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    credentials: Arc<CredentialCells>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("credproxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route prefix, status and upstream attempts",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from the request's arrival to the response head, by route",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time the upstream took to answer with its response head, by route",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let auth_retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "auth_retries",
+            "Requests replayed once because the upstream rejected the credential",
+            auth_retries.clone(),
+        );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open, by listener",
+            connections_open.clone(),
+        );
+        let caller_rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "caller_rejections",
+            "Requests refused because of the caller (no or invalid token, not admitted), by reason",
+            caller_rejections.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, applied or rejected",
+            reloads.clone(),
+        );
+        let credentials = Arc::new(CredentialCells(ArcSwap::from_pointee(Vec::new())));
+        registry.register_collector(Box::new(Arc::clone(&credentials)));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            auth_retries,
+            connections_open,
+            caller_rejections,
+            reloads,
+            credentials,
+        }
+    }
+
+    /// The credentials the credential metrics report (at start and after each reload).
+    pub fn set_credentials(&self, cells: Vec<Arc<Cached>>) {
+        self.credentials.0.store(Arc::new(cells));
+    }
+
+    /// One finished request.
+    pub fn request(
+        &self,
+        route: Option<&str>,
+        status: u16,
+        attempts: u32,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let route = route.unwrap_or("-").to_string();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status,
+                attempts,
+            })
+            .inc();
+        let labels = RouteLabels { route };
+        if let Some(upstream) = upstream {
+            self.upstream_duration
+                .get_or_create(&labels)
+                .observe(upstream.as_secs_f64());
+        }
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(total.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// The current credential cells, read at scrape time. (The registry's `credproxy` prefix
+/// is applied to a collector's names too.)
+#[derive(Debug)]
+struct CredentialCells(ArcSwap<Vec<Arc<Cached>>>);
+
+impl Collector for CredentialCells {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cells = self.0.load();
+        let fetches = Family::<FetchLabels, Counter>::default();
+        let expiry =
+            Family::<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let now = SystemTime::now();
+        for cell in cells.iter() {
+            let stats = cell.stats();
+            let credential = cell.name().to_string();
+            for (result, count) in [("ok", stats.fetched_ok), ("error", stats.fetch_failed)] {
+                fetches
+                    .get_or_create(&FetchLabels {
+                        credential: credential.clone(),
+                        result,
+                    })
+                    .inc_by(count);
+            }
+            if let Some(expires_at) = cell.peek().and_then(|c| c.expires_at) {
+                let left = match expires_at.duration_since(now) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                };
+                expiry
+                    .get_or_create(&CredentialLabels { credential })
+                    .set(left);
+            }
+        }
+        let metric = encoder.encode_descriptor(
+            "credential_fetches",
+            "Credential fetches from their sources, by result",
+            None,
+            fetches.metric_type(),
+        )?;
+        fetches.encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "credential_expiry_seconds",
+            "Seconds until the current value of a credential expires (absent: no expiry)",
+            None,
+            expiry.metric_type(),
+        )?;
+        expiry.encode(metric)?;
+        Ok(())
+    }
+}
