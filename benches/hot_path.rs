@@ -249,6 +249,7 @@ fn caller_validation(c: &mut Criterion) {
             keys: KeysFrom::Discovery,
             audiences: vec!["credproxy".into()],
             email_domains: vec!["example.com".into()],
+            require_email_verified: false,
             email_claim: "email".into(),
             groups_claim: "groups".into(),
             clock_skew: Duration::from_secs(60),

@@ -55,6 +55,9 @@ enum Command {
         /// The caller's name in the access log (prints a whole `[[callers.tokens]]` table).
         #[arg(long)]
         name: Option<String>,
+        /// Make a new random token (256 bits), print it once on stderr, and its table.
+        #[arg(long)]
+        generate: bool,
     },
     /// Store or remove a credential's key in the OS keychain (`keychain = ...` in its table).
     Secret {
@@ -81,8 +84,8 @@ fn main() -> ExitCode {
         print!("{EMBEDDED_DEFAULT}");
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::HashToken { name }) = &args.command {
-        return hash_token(name.as_deref());
+    if let Some(Command::HashToken { name, generate }) = &args.command {
+        return hash_token(name.as_deref(), *generate);
     }
     let _log_writer = telemetry::init(&args.log_level, args.log_format);
     let config = match Config::load(args.config.as_deref()) {
@@ -178,9 +181,36 @@ fn secret(config: &Config, action: &SecretAction) -> ExitCode {
     }
 }
 
-/// `credproxy hash-token [--name NAME]`.
-fn hash_token(name: Option<&str>) -> ExitCode {
-    match read_secret("caller token (not echoed): ", "token") {
+/// Shorter tokens could be found from their unsalted hash by trying candidates.
+const MIN_TOKEN_LENGTH: usize = 24;
+
+/// `credproxy hash-token [--name NAME] [--generate]`.
+fn hash_token(name: Option<&str>, generate: bool) -> ExitCode {
+    let token = if generate {
+        use base64::Engine;
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 32];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            eprintln!("credproxy: the system's random source failed");
+            return ExitCode::FAILURE;
+        }
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        eprintln!(
+            "new caller token (shown once; give it to the robot, keep it nowhere else):\n{token}"
+        );
+        Ok(Secret::new(token))
+    } else {
+        read_secret("caller token (not echoed): ", "token").and_then(|token| {
+            if token.expose().chars().count() < MIN_TOKEN_LENGTH {
+                Err(format!(
+                    "the token is shorter than {MIN_TOKEN_LENGTH} characters, so it could be guessed from its hash; use `credproxy hash-token --generate`"
+                ))
+            } else {
+                Ok(token)
+            }
+        })
+    };
+    match token {
         Ok(token) => {
             let hash = hex::encode(credproxy::callers::token_sha256(token.expose()));
             match name {
@@ -231,6 +261,19 @@ async fn check(resolved: Resolved) -> ExitCode {
     let rows = cli::check(&resolved).await;
     print!("{}", cli::format_check(&rows));
     let mut callers_ok = true;
+    if let Some(files) = &resolved.tls {
+        match credproxy::server::tls::Certificate::load(files) {
+            Ok(_) => println!(
+                "tls: {} and {} load",
+                files.cert.display(),
+                files.key.display()
+            ),
+            Err(error) => {
+                callers_ok = false;
+                println!("tls: FAILED: {error}");
+            }
+        }
+    }
     if let Some(callers) = &resolved.config.callers {
         println!(
             "callers: {} static token(s){}",

@@ -27,7 +27,7 @@ use crate::client::UpstreamClient;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Larger answers are not key sets.
 const MAX_BYTES: usize = 1024 * 1024;
-/// Bounds on a `Cache-Control: max-age`.
+/// Bounds on a `Cache-Control: max-age` (then `jwks_max_age` bounds it again).
 const MIN_AGE: Duration = Duration::from_secs(60);
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -85,8 +85,9 @@ impl KeySet {
 struct RefreshState {
     /// From discovery, kept until a key-set fetch fails.
     jwks_uri: Option<Uri>,
-    /// The last fetch made because a token named an unknown key.
-    last_unknown_kid_fetch: Option<Instant>,
+    /// When the last fetch (of any kind) finished: a token naming an unknown key makes
+    /// another only after `refetch_interval`.
+    last_fetch: Option<Instant>,
     /// After a failed fetch, none before this (requests keep the last-good set meanwhile).
     quiet_until: Option<Instant>,
     last_error: Option<String>,
@@ -95,7 +96,7 @@ struct RefreshState {
 /// Why a key could not be produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyError {
-    /// The set (fetched now) has no key of that id.
+    /// The set in use has no key of that id (fetched again if the interval allowed).
     Unknown,
     /// No key set has ever been fetched; the reason.
     Unavailable(String),
@@ -109,6 +110,17 @@ pub struct KeyStore {
     refetch_interval: Duration,
     current: ArcSwapOption<KeySet>,
     refresh: Mutex<RefreshState>,
+    /// A background refresh of a stale set is running.
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+/// Why a fetch is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// No set, or a stale one.
+    Fresh,
+    /// The set lacks a key a token names.
+    UnknownKey,
 }
 
 impl KeyStore {
@@ -125,6 +137,7 @@ impl KeyStore {
             refetch_interval,
             current: ArcSwapOption::empty(),
             refresh: Mutex::new(RefreshState::default()),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -132,36 +145,53 @@ impl KeyStore {
     /// there are none (`credproxy check`, and the warm-up at start).
     pub async fn prefetch(&self) -> Result<usize, String> {
         let current = self.current.load_full();
-        match self.refresh(current.as_ref(), false).await {
-            Ok(Some(set)) => Ok(set.by_kid.len() + set.unnamed.len()),
-            Ok(None) => Err("no key set".to_string()),
+        match self.refresh(current.as_ref(), Want::Fresh).await {
+            Ok(set) => Ok(set.by_kid.len() + set.unnamed.len()),
             Err(KeyError::Unavailable(reason)) => Err(reason),
             Err(KeyError::Unknown) => Err("no key set".to_string()),
         }
     }
 
-    /// The key a token names. Lock-free while the set is fresh and holds the key.
-    pub async fn find(&self, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
-        let mut set = self.current.load_full();
-        if set.as_ref().is_none_or(|s| Instant::now() >= s.fresh_until) {
-            set = self.refresh(set.as_ref(), false).await?;
-        }
-        let seen = set.expect("refresh returns a set or an error");
-        if let Some(key) = seen.find(kid) {
+    /// The key a token names. Lock-free while the set holds the key: a stale set is still
+    /// used while one background task fetches the next, so a slow or unreachable provider
+    /// never holds up tokens signed with keys already known. Only a token naming an
+    /// unknown key (rotation), or the very first fetch, waits for the provider.
+    pub async fn find(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
+        let set = match self.current.load_full() {
+            Some(set) => {
+                if Instant::now() >= set.fresh_until
+                    && !self
+                        .refreshing
+                        .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    let store = Arc::clone(self);
+                    let stale = Arc::clone(&set);
+                    tokio::spawn(async move {
+                        let _ = store.refresh(Some(&stale), Want::Fresh).await;
+                        store
+                            .refreshing
+                            .store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
+                set
+            }
+            None => self.refresh(None, Want::Fresh).await?,
+        };
+        if let Some(key) = set.find(kid) {
             return Ok(key);
         }
-        let set = self.refresh(Some(&seen), true).await?.expect("a set");
+        let set = self.refresh(Some(&set), Want::UnknownKey).await?;
         set.find(kid).ok_or(KeyError::Unknown)
     }
 
     /// Fetches the set again unless another task just did, or the provider failed
-    /// recently, or (for an unknown key) one such fetch happened within the interval.
-    /// Returns the set to use: new, or the last good one.
+    /// recently, or (for an unknown key) a fetch happened within the interval. Returns the
+    /// set to use: new, or the last good one.
     async fn refresh(
         &self,
         seen: Option<&Arc<KeySet>>,
-        unknown_kid: bool,
-    ) -> Result<Option<Arc<KeySet>>, KeyError> {
+        want: Want,
+    ) -> Result<Arc<KeySet>, KeyError> {
         let mut state = self.refresh.lock().await;
         let current = self.current.load_full();
         let now = Instant::now();
@@ -172,16 +202,16 @@ impl KeyStore {
         };
         let fresh = current.as_ref().is_some_and(|s| now < s.fresh_until);
         let quiet = state.quiet_until.is_some_and(|t| now < t);
-        let rate_limited = unknown_kid
+        let rate_limited = want == Want::UnknownKey
             && state
-                .last_unknown_kid_fetch
+                .last_fetch
                 .is_some_and(|t| now < t + self.refetch_interval);
-        let skip = replaced || quiet || rate_limited || (!unknown_kid && fresh);
+        let skip = replaced || quiet || rate_limited || (want == Want::Fresh && fresh);
         if !skip {
-            if unknown_kid {
-                state.last_unknown_kid_fetch = Some(now);
-            }
-            match self.fetch(&mut state).await {
+            let fetched = self.fetch(&mut state).await;
+            let done = Instant::now();
+            state.last_fetch = Some(done);
+            match fetched {
                 Ok(set) => {
                     tracing::debug!(target: "credproxy::callers", keys = set.by_kid.len() + set.unnamed.len(),
                         "fetched the identity provider's signing keys");
@@ -189,26 +219,25 @@ impl KeyStore {
                     self.current.store(Some(Arc::clone(&set)));
                     state.quiet_until = None;
                     state.last_error = None;
-                    return Ok(Some(set));
+                    return Ok(set);
                 }
                 Err(error) => {
                     tracing::warn!(target: "credproxy::callers", %error, serving_last_good = current.is_some(),
                         "cannot fetch the identity provider's signing keys");
                     state.jwks_uri = None;
-                    state.quiet_until = Some(now + self.refetch_interval);
+                    state.quiet_until = Some(done + self.refetch_interval);
                     state.last_error = Some(error);
                 }
             }
         }
-        match current {
-            Some(set) => Ok(Some(set)),
-            None => Err(KeyError::Unavailable(
+        current.ok_or_else(|| {
+            KeyError::Unavailable(
                 state
                     .last_error
                     .clone()
                     .unwrap_or_else(|| "the signing keys have not been fetched yet".to_string()),
-            )),
-        }
+            )
+        })
     }
 
     async fn fetch(&self, state: &mut RefreshState) -> Result<KeySet, String> {
@@ -232,7 +261,9 @@ impl KeyStore {
                 self.get(&url).await?
             }
         };
-        let max_age = max_age.unwrap_or(self.max_age);
+        // The provider's max-age, but never longer than the configured one: an operator can
+        // bound how long a removed key stays trusted.
+        let max_age = max_age.map_or(self.max_age, |age| age.min(self.max_age));
         parse(&bytes, Instant::now() + max_age)
     }
 
@@ -244,14 +275,17 @@ impl KeyStore {
             issuer: String,
             jwks_uri: String,
         }
-        let url = format!("{issuer}/.well-known/openid-configuration");
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("the discovery URL {url} is not a URL: {e}"))?;
         let (bytes, _) = self.get(&uri).await?;
         let document: Discovery = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{url} is not an OpenID discovery document: {e}"))?;
-        if document.issuer.trim_end_matches('/') != issuer {
+        if document.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
             return Err(format!(
                 "{url} speaks for issuer `{}`, not `{issuer}`",
                 document.issuer
@@ -261,7 +295,13 @@ impl KeyStore {
             .jwks_uri
             .parse()
             .map_err(|e| format!("{url} names a jwks_uri that is not a URL: {e}"))?;
-        if jwks.scheme_str() != Some("https") && uri.scheme_str() == Some("https") {
+        let loopback = jwks.host().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        if jwks.scheme_str() != Some("https") && !loopback {
             return Err(format!(
                 "{url} names a jwks_uri that is not https: {}",
                 document.jwks_uri

@@ -35,7 +35,7 @@ const ACCEPTED: &[Algorithm] = &[
 #[derive(Debug)]
 pub struct JwtVerifier {
     config: JwtConfig,
-    keys: KeyStore,
+    keys: Arc<KeyStore>,
     cache: moka::future::Cache<[u8; 32], Arc<Caller>>,
 }
 
@@ -62,7 +62,7 @@ impl JwtVerifier {
     pub fn new(config: JwtConfig, keys: KeyStore) -> Self {
         JwtVerifier {
             config,
-            keys,
+            keys: Arc::new(keys),
             cache: moka::future::Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
                 .expire_after(UntilExpiry)
@@ -113,7 +113,7 @@ impl JwtVerifier {
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&self.config.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
             .map_err(|e| self.rejection(e.kind()))?;
         let claims = data.claims;
@@ -133,8 +133,8 @@ impl JwtVerifier {
         let subject = claims
             .get("sub")
             .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_string();
+            .map(printable)
+            .ok_or_else(|| CallerError::MissingClaim("sub".to_string()))?;
         let email = claim(&claims, &self.config.email_claim)
             .and_then(Value::as_str)
             .map(str::to_string);
@@ -175,11 +175,12 @@ impl JwtVerifier {
             },
             ErrorKind::InvalidSignature => CallerError::BadSignature,
             ErrorKind::MissingRequiredClaim(claim) => CallerError::MissingClaim(claim.clone()),
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
-                CallerError::AlgorithmRefused(
-                    "the token's algorithm does not match its key".to_string(),
-                )
-            }
+            ErrorKind::InvalidAlgorithm => CallerError::AlgorithmRefused(
+                "the token's algorithm does not match its key".to_string(),
+            ),
+            ErrorKind::InvalidKeyFormat => CallerError::AlgorithmRefused(
+                "the identity provider's key cannot check this token".to_string(),
+            ),
             other => CallerError::Malformed(format!("{other:?}")),
         }
     }
@@ -221,9 +222,14 @@ fn header(token: &str) -> Result<(Algorithm, Option<String>), CallerError> {
     let alg = head.get("alg").and_then(Value::as_str).unwrap_or("");
     let algorithm = match alg.parse::<Algorithm>() {
         Ok(algorithm) if ACCEPTED.contains(&algorithm) => algorithm,
-        Ok(_) => {
+        Ok(algorithm) if algorithm.family() == jsonwebtoken::AlgorithmFamily::Hmac => {
             return Err(CallerError::AlgorithmRefused(format!(
                 "{alg} is a shared-secret algorithm; only the identity provider's public-key signatures are accepted"
+            )));
+        }
+        Ok(_) => {
+            return Err(CallerError::AlgorithmRefused(format!(
+                "{alg} is not an accepted algorithm"
             )));
         }
         Err(_) if alg.eq_ignore_ascii_case("none") => {

@@ -136,8 +136,9 @@ impl CallerError {
         }
     }
 
-    /// Worth retrying with a fresh token: Claude Code runs its `apiKeyHelper` again after a
-    /// 401, which helps only when the token merely aged. Every other refusal answers with
+    /// Worth retrying: Claude Code runs its `apiKeyHelper` again after a 401, which helps
+    /// when the token merely aged; a key unknown during a rotation or keys that could not
+    /// be fetched may be there on the next try. Every other refusal answers with
     /// `x-should-retry: false` so clients do not retry the same token for minutes.
     pub fn fresh_token_helps(&self) -> bool {
         matches!(
@@ -156,6 +157,12 @@ pub struct Refusal {
     pub caller: String,
     pub place: String,
     pub rule: String,
+}
+
+/// The token of a `Bearer TOKEN` value (the scheme is case-insensitive, RFC 6750).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// The `[callers]` table, ready to check requests.
@@ -221,7 +228,9 @@ impl Callers {
         }
     }
 
-    /// The full check of a token, bypassing the cache of validated tokens (for benchmarks).
+    /// The full check of a JWT, bypassing the cache of validated tokens: what a new token
+    /// costs (the benchmark measures it). Not used on requests.
+    #[doc(hidden)]
     pub async fn authenticate_uncached(&self, headers: &HeaderMap) -> Result<Caller, CallerError> {
         let token = self.token(headers)?;
         match &self.jwt {
@@ -230,22 +239,29 @@ impl Callers {
         }
     }
 
-    /// The token: the configured header, else `Authorization: Bearer`, else `x-api-key`.
+    /// The token: the configured header (bare or `Bearer TOKEN`), else
+    /// `Authorization: Bearer`, else `x-api-key`.
     fn token<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, CallerError> {
         let text = |value: &'h HeaderValue| value.to_str().ok().map(str::trim);
         if let Some(name) = &self.header
             && let Some(value) = headers.get(name).and_then(text)
-            && !value.is_empty()
         {
-            return Ok(value.strip_prefix("Bearer ").unwrap_or(value).trim());
+            let token = bearer(value).unwrap_or(value);
+            if !token.is_empty() {
+                return Ok(token);
+            }
         }
         let mut not_bearer = None;
         if let Some(value) = headers.get(AUTHORIZATION).and_then(text) {
-            let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-            if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
-                return Ok(rest.trim());
+            match bearer(value) {
+                Some(token) if !token.is_empty() => return Ok(token),
+                Some(_) => {
+                    return Err(CallerError::Malformed(
+                        "`Authorization: Bearer` carries no token".to_string(),
+                    ));
+                }
+                None => not_bearer = value.split(' ').next(),
             }
-            not_bearer = Some(scheme);
         }
         if let Some(value) = headers.get("x-api-key").and_then(text)
             && !value.is_empty()
@@ -308,9 +324,13 @@ impl Callers {
                 domains.join(", ")
             )));
         };
-        if *email_verified == Some(false) {
+        let verified = match email_verified {
+            Some(verified) => *verified,
+            None => !jwt.config().require_email_verified,
+        };
+        if !verified {
             return Err(refuse(
-                "the address is not verified (`email_verified` is false); `email_domains` admits only verified addresses"
+                "the address is not verified (`email_verified` is not true); `email_domains` admits only verified addresses (set `require_email_verified = false` for a provider that does not send the claim)"
                     .to_string(),
             ));
         }

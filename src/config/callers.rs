@@ -35,6 +35,9 @@ pub struct JwtConfig {
     pub audiences: Vec<String>,
     /// Lower-case domains; empty admits every address.
     pub email_domains: Vec<String>,
+    /// With `email_domains`: the token must say `email_verified: true` (off for providers
+    /// that do not send the claim but vouch for the address, e.g. Entra ID's `upn`).
+    pub require_email_verified: bool,
     pub email_claim: String,
     pub groups_claim: String,
     /// Allowed difference between our clock and the issuer's for `exp`, `nbf` and `iat`.
@@ -83,6 +86,9 @@ pub(super) fn read(
     let audiences = non_empty_strings(&mut table, cx, "audiences");
     let email_domains = table.strings(cx, "email_domains");
     let email_claim = table.string(cx, "email_claim");
+    let require_email_verified = table
+        .bool(cx, "require_email_verified")
+        .is_none_or(|b| *b.get_ref());
     let groups_claim = table.string(cx, "groups_claim");
     let mut duration = |key, allowed, default| {
         table
@@ -97,7 +103,7 @@ pub(super) fn read(
     );
     let jwks_max_age = duration(
         "jwks_max_age",
-        Duration::from_secs(60)..=Duration::from_secs(7 * 24 * 3600),
+        Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600),
         Duration::from_secs(3600),
     );
     let jwks_refetch_interval = duration(
@@ -127,12 +133,16 @@ pub(super) fn read(
         || jwks_url.is_some()
         || jwks_file.is_some()
         || audiences.is_some()
-        || email_domains.is_some();
+        || email_domains.is_some()
+        || email_claim.is_some()
+        || groups_claim.is_some();
     let mut jwt = None;
     if wants_jwt {
         let issuer = match issuer {
-            Some(issuer) => checked_url(cx, &issuer, "issuer")
-                .map(|_| issuer.get_ref().trim_end_matches('/').to_string()),
+            // Kept as written: `iss` must equal it exactly (Auth0's ends in `/`).
+            Some(issuer) => {
+                checked_url(cx, &issuer, "issuer").map(|_| issuer.get_ref().trim().to_string())
+            }
             None => {
                 cx.report(
                     table.span(),
@@ -162,6 +172,7 @@ pub(super) fn read(
                 "add `audiences = [\"CLIENT-ID\"]`: without it a token the identity provider issued to any other application would be accepted".to_string(),
             );
         }
+        let email_domains_list = email_domains.clone();
         let email_domains: Vec<String> = email_domains
             .iter()
             .flat_map(|l| l.get_ref())
@@ -172,24 +183,34 @@ pub(super) fn read(
                     .trim_start_matches('@')
                     .to_ascii_lowercase();
                 let ok = !domain.is_empty()
-                    && !domain.contains(['@', '/', ' ', ':'])
+                    && !domain.contains(['@', '/', ' ', ':', '*'])
                     && domain.contains('.');
                 if !ok {
                     cx.report(
                         d.span(),
                         format!("`{}` is not an email domain", d.get_ref()),
-                        "write the domain alone, such as \"example.com\"".to_string(),
+                        "write each domain alone and in full, such as \"example.com\" (no wildcards: list subdomains one by one)".to_string(),
                     );
                 }
                 ok.then_some(domain)
             })
             .collect();
+        if let Some(list) = &email_domains_list
+            && list.get_ref().is_empty()
+        {
+            cx.report(
+                list.span(),
+                "`email_domains` is empty, which would admit every address",
+                "list the company's domains, or remove `email_domains` to admit any address the identity provider vouches for".to_string(),
+            );
+        }
         if let (Some(issuer), Some(keys), Some(audiences)) = (issuer, keys, audiences) {
             jwt = Some(JwtConfig {
                 issuer,
                 keys,
                 audiences,
                 email_domains,
+                require_email_verified,
                 email_claim: claim_name(email_claim, "email"),
                 groups_claim: claim_name(groups_claim, "groups"),
                 clock_skew,

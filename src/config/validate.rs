@@ -49,13 +49,12 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
     let base_dir = origin.base_dir();
     let tls = tls(root, cx, base_dir);
     let has_callers = callers::present(root);
-    // Serving other machines is safe with callers' tokens checked or the traffic
-    // encrypted; otherwise the file must say it means it.
+    // Serving other machines is safe only with callers' tokens checked (TLS says nothing
+    // about who calls); otherwise the file must say it means it.
     let allow_non_loopback = root
         .bool(cx, "allow_non_loopback")
         .is_some_and(|b| *b.get_ref())
-        || has_callers
-        || tls.is_some();
+        || has_callers;
     let default_listen = match &listen {
         Some(text) => listen_addr(cx, text, allow_non_loopback),
         None => Some(

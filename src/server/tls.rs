@@ -74,6 +74,7 @@ impl Certificate {
         let weak = Arc::downgrade(&self);
         let stamps = |files: &TlsFiles| (stamp(&files.cert), stamp(&files.key));
         let mut seen = stamps(&self.files);
+        let mut warned = None;
         drop(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(POLL_EVERY);
@@ -87,16 +88,22 @@ impl Certificate {
                 if now == seen {
                     continue;
                 }
-                seen = now;
+                // `seen` moves only when the pair loads: a failed load (a half-written
+                // pair) is tried again on the next tick even if the files look the same.
                 match certified_key(&this.files) {
                     Ok(key) => {
+                        seen = now;
                         this.current.store(Arc::new(key));
                         tracing::info!(target: "credproxy::server", cert = %this.files.cert.display(),
                             "TLS certificate reloaded; new connections use it");
                     }
                     Err(error) => {
-                        tracing::warn!(target: "credproxy::server", %error,
-                            "the changed TLS certificate does not load; still serving the previous one");
+                        // Warned once per version of the files, retried every tick.
+                        if warned != Some(now) {
+                            warned = Some(now);
+                            tracing::warn!(target: "credproxy::server", %error,
+                                "the changed TLS certificate does not load; still serving the previous one");
+                        }
                     }
                 }
             }

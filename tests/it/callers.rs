@@ -221,6 +221,9 @@ async fn jwt_callers_are_checked_admitted_and_attributed() {
     let mut unverified = claims(&idp, "eve", "eve@example.com", &["eng"]);
     unverified["email_verified"] = json!(false);
     forbidden(&bearer(&url, &rsa.sign(&unverified)).await, "not verified");
+    let mut silent = claims(&idp, "eve", "eve@example.com", &["eng"]);
+    silent.as_object_mut().unwrap().remove("email_verified");
+    forbidden(&bearer(&url, &rsa.sign(&silent)).await, "not verified");
     let sales = rsa.sign(&claims(&idp, "sam", "sam@example.com", &["sales"]));
     assert_eq!(bearer(&url, &sales).await.status, 200);
     forbidden(&bearer(&eng_url, &sales).await, "route `/eng`");
@@ -230,7 +233,9 @@ async fn jwt_callers_are_checked_admitted_and_attributed() {
     assert_eq!(call(&eng_url, ("x-api-key", ROBOT_TOKEN)).await.status, 200);
     refused(&bearer(&url, "robot-token-wrong").await, "not a JWT");
 
-    // Rotation: an unknown kid makes one refetch; garbage kids cannot make more.
+    // Rotation: an unknown kid makes one refetch (once the interval since the last fetch
+    // has passed); garbage kids cannot make more.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let before = idp.key_set_fetches();
     let rotated = SigningKey::ec("ec-2");
     let early_token = rotated.sign(&claims(&idp, "alice", "alice@example.com", &[]));
@@ -283,7 +288,7 @@ async fn a_key_file_needs_no_identity_provider_and_unknown_tokens_are_refused() 
     let config = format!(
         r#"listen = "127.0.0.1:0"
 [callers]
-issuer = "https://idp.invalid"
+issuer = "https://idp.invalid/"
 jwks_file = "jwks.json"
 audiences = ["a", "b"]
 groups_claim = "realm_access.roles"
@@ -301,7 +306,7 @@ groups = ["dev"]
     let (status, stdout, _) = credproxy(&scratch, &config).run_async("check").await;
     assert!(status.success(), "{stdout}");
     assert!(
-        stdout.contains("callers: issuer https://idp.invalid: 1 signing key(s) fetched"),
+        stdout.contains("callers: issuer https://idp.invalid/: 1 signing key(s) fetched"),
         "{stdout}"
     );
     let (_, env, _) = credproxy(&scratch, &config).run_async("env").await;
@@ -313,7 +318,7 @@ groups = ["dev"]
     let proxy = credproxy(&scratch, &config).start();
     let url = proxy.url("/v1/messages");
     let claims = |roles: &[&str]| {
-        json!({"iss": "https://idp.invalid", "aud": ["x", "b"], "sub": "svc",
+        json!({"iss": "https://idp.invalid/", "aud": ["x", "b"], "sub": "svc",
                "exp": now() + 60, "realm_access": {"roles": roles}})
     };
     let answer = bearer(&url, &key.sign(&claims(&["dev"]))).await;
@@ -445,16 +450,34 @@ async fn tls_connect(
 async fn hash_token_prints_a_table_that_admits_the_token() {
     let scratch = Scratch::new();
     let (status, stdout, stderr) = credproxy_default(&scratch)
-        .run_with_input(&["hash-token", "--name", "build-bot"], "tok-123-secret\n")
+        .run_with_input(
+            &["hash-token", "--name", "build-bot"],
+            "tok-123-secret-0123456789\n",
+        )
         .await;
     assert!(status.success(), "{stderr}");
     assert!(!stdout.contains("tok-123") && !stderr.contains("tok-123"));
-    assert!(stdout.contains(&sha256_hex("tok-123-secret")), "{stdout}");
+    assert!(
+        stdout.contains(&sha256_hex("tok-123-secret-0123456789")),
+        "{stdout}"
+    );
+    let (status, _, stderr) = credproxy_default(&scratch)
+        .run_with_input(&["hash-token"], "short\n")
+        .await;
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("--generate"), "{stderr}");
+    let (status, printed, stderr) = credproxy_default(&scratch)
+        .run_with_input(&["hash-token", "--generate"], "")
+        .await;
+    assert!(status.success(), "{stderr}");
+    let generated = stderr.lines().last().unwrap();
+    assert_eq!(generated.len(), 43, "256 bits in base64url: {stderr}");
+    assert!(printed.contains(&sha256_hex(generated)), "{printed}");
     let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
     let config = format!("{}\n{stdout}", route_config("/", &upstream.url()));
     let proxy = credproxy(&scratch, &config).start();
     let url = proxy.url("/v1/messages");
-    assert_eq!(bearer(&url, "tok-123-secret").await.status, 200);
+    assert_eq!(bearer(&url, "tok-123-secret-0123456789").await.status, 200);
     refused(
         &bearer(&url, "tok-123-other").await,
         "not one of the configured",
@@ -491,4 +514,38 @@ async fn without_the_providers_keys_jwt_callers_get_503_and_check_fails() {
     );
     assert_eq!(answer.headers["x-credproxy-error"], "caller");
     assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn a_stale_key_set_keeps_serving_while_the_provider_hangs() {
+    let ca = TestCa::new();
+    let key = SigningKey::ec("ec-1");
+    let idp = FakeIdp::start(&ca, &[&key]).await;
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let ca_file = scratch.write("ca.pem", &ca.pem);
+    let config = format!(
+        "ca_file = \"{}\"\n{}[callers]\nissuer = \"{}\"\naudiences = [\"credproxy\"]\njwks_max_age = \"1s\"\n",
+        ca_file.display(),
+        route_config("/", &upstream.url()),
+        idp.issuer()
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    let url = proxy.url("/v1/messages");
+    let token = |sub: &str| key.sign(&claims(&idp, sub, "a@example.com", &[]));
+    assert_eq!(bearer(&url, &token("first")).await.status, 200);
+    let before = idp.server.count();
+    idp.set_hanging(true);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // The set is stale and the provider does not answer: known keys keep working, without
+    // waiting for the provider (a new `sub`, so no validated token is reused).
+    for sub in ["second", "third", "fourth"] {
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_secs(5), bearer(&url, &token(sub)))
+                .await
+                .expect("a token signed with a known key waited for the hanging provider");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    // One background refresh at a time went to the provider (and still hangs there).
+    assert_eq!(idp.server.count(), before + 1, "{}", proxy.output());
 }

@@ -619,7 +619,10 @@ fn callers_are_read_with_their_defaults() {
     let config = parse(&text).unwrap();
     let callers = config.callers.as_ref().unwrap();
     let jwt = callers.jwt.as_ref().unwrap();
-    assert_eq!(jwt.issuer, "https://login.example.com");
+    assert_eq!(
+        jwt.issuer, "https://login.example.com/",
+        "`iss` is compared as written"
+    );
     assert_eq!(jwt.keys, crate::config::KeysFrom::Discovery);
     assert_eq!(jwt.email_domains, ["example.com"]);
     assert_eq!(jwt.email_claim, "email");
@@ -682,6 +685,14 @@ fn callers_mistakes_are_reported_with_what_to_write() {
             "cannot carry a caller's token",
         ),
         ("tls_cert = \"cert.pem\"\n", "go together"),
+        (
+            "[callers]\nissuer = \"https://idp\"\naudiences = [\"a\"]\nemail_domains = []\n",
+            "would admit every address",
+        ),
+        (
+            "[callers]\nissuer = \"https://idp\"\naudiences = [\"a\"]\nemail_domains = [\"*.corp.com\"]\n",
+            "not an email domain",
+        ),
     ];
     for (extra, expected) in cases {
         let found = problems(&format!("{extra}{MINIMAL}"));
@@ -697,7 +708,7 @@ fn callers_mistakes_are_reported_with_what_to_write() {
         found[0].message.contains("needs a [callers] table"),
         "{found:#?}"
     );
-    // Without callers or TLS, serving other machines still has to be asked for.
+    // Without callers, serving other machines still has to be asked for, TLS or not.
     let found = problems(&format!("listen = \"0.0.0.0:8787\"\n{MINIMAL}"));
     assert!(
         found[0].message.contains("not a loopback address"),
@@ -705,7 +716,12 @@ fn callers_mistakes_are_reported_with_what_to_write() {
     );
     let tls =
         format!("listen = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n{MINIMAL}");
-    let config = parse(&tls).unwrap();
+    let found = problems(&tls);
+    assert!(
+        found[0].message.contains("not a loopback address"),
+        "{found:#?}"
+    );
+    let config = parse(&format!("allow_non_loopback = true\n{tls}")).unwrap();
     assert_eq!(
         config.tls.unwrap().cert.as_written(),
         Path::new("/etc/credproxy/c.pem")

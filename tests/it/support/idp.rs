@@ -102,6 +102,7 @@ pub struct FakeIdp {
     pub server: FakeUpstream,
     keys: Arc<Mutex<Vec<Jwk>>>,
     failing: Arc<Mutex<bool>>,
+    hanging: Arc<Mutex<bool>>,
 }
 
 impl FakeIdp {
@@ -109,15 +110,20 @@ impl FakeIdp {
         let published: Arc<Mutex<Vec<Jwk>>> =
             Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()));
         let failing = Arc::new(Mutex::new(false));
+        let hanging = Arc::new(Mutex::new(false));
         let issuer: Arc<Mutex<String>> = Arc::default();
-        let (set, down, named) = (
+        let (set, down, stuck, named) = (
             Arc::clone(&published),
             Arc::clone(&failing),
+            Arc::clone(&hanging),
             Arc::clone(&issuer),
         );
         let server = FakeUpstream::start_tls(ca, move |request| {
             if *down.lock().unwrap() {
                 return Reply::status(503, "down");
+            }
+            if *stuck.lock().unwrap() {
+                return Reply::Hang;
             }
             let issuer = named.lock().unwrap().clone();
             match request.path_and_query.as_str() {
@@ -146,6 +152,7 @@ impl FakeIdp {
             server,
             keys: published,
             failing,
+            hanging,
         }
     }
 
@@ -161,6 +168,11 @@ impl FakeIdp {
     /// Makes every request fail with 503 (or succeed again).
     pub fn set_down(&self, down: bool) {
         *self.failing.lock().unwrap() = down;
+    }
+
+    /// Makes every request hang without an answer (or answer again).
+    pub fn set_hanging(&self, hanging: bool) {
+        *self.hanging.lock().unwrap() = hanging;
     }
 
     pub fn key_set_fetches(&self) -> usize {
