@@ -34,6 +34,7 @@ fn route(prefix: &str, host: &str) -> Route {
         stream_idle_timeout: None,
         strip_headers: Vec::new(),
         groups: None,
+        identity: None,
     }
 }
 
@@ -186,7 +187,7 @@ fn signing(c: &mut Criterion) {
 /// algorithm. Compare with `strip_client_headers_and_inject_x_api_key`, the header-only path.
 fn caller_validation(c: &mut Criterion) {
     use credproxy::callers::{Callers, token_sha256};
-    use credproxy::config::{CallersConfig, JwtConfig, KeysFrom, Limits, StaticToken};
+    use credproxy::config::{CallersConfig, JwtConfig, KeysFrom, StaticToken};
     use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, jwk};
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -263,8 +264,11 @@ fn caller_validation(c: &mut Criterion) {
         }],
         header: None,
     };
-    let client =
-        credproxy::client::with_settings(None, Duration::from_secs(1), &Limits::default()).unwrap();
+    let client = credproxy::client::with_settings(&credproxy::client::Settings {
+        connect_timeout: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .unwrap();
     let mut config = config;
     if let Some(jwt) = config.jwt.as_mut() {
         jwt.keys = KeysFrom::File(credproxy::fields::ConfigPath::new(

@@ -220,6 +220,34 @@ pub fn format_status(status: &serde_json::Value) -> String {
     out
 }
 
+/// What the egress proxy does not cover: the cloud libraries fetch their own tokens with
+/// their own HTTP clients.
+pub fn egress_notes(resolved: &Resolved, egress: &crate::config::egress::Egress) -> Vec<String> {
+    let kinds: std::collections::BTreeSet<&str> =
+        resolved.credentials.iter().map(|c| c.spec.kind()).collect();
+    let mut notes = Vec::new();
+    if kinds.contains("aws") || kinds.contains("azure") {
+        let which = match (kinds.contains("aws"), kinds.contains("azure")) {
+            (true, true) => "AWS and Azure",
+            (true, false) => "AWS",
+            _ => "Azure",
+        };
+        let how = if egress.origin == "environment" {
+            "follow the same HTTPS_PROXY/NO_PROXY (keep 169.254.169.254 and 169.254.170.2 in NO_PROXY for instance and container credentials)"
+        } else {
+            "follow HTTPS_PROXY/NO_PROXY from the environment, not `egress_proxy`: set HTTPS_PROXY too if they must go through the proxy"
+        };
+        notes.push(format!("{which} token requests {how}"));
+    }
+    if kinds.contains("google") {
+        notes.push(
+            "Google token requests (gcp_auth) do not support a proxy and go direct: allow oauth2.googleapis.com (or the metadata server) through the firewall"
+                .to_string(),
+        );
+    }
+    notes
+}
+
 /// Left-aligned columns; the last one is not padded.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -1,42 +1,84 @@
-//! The one pooled upstream client: HTTP/1.1 and HTTP/2 (by ALPN) over rustls, system roots
-//! plus an optional extra CA bundle, `TCP_NODELAY`, keep-alive connections reused while
-//! traffic flows and closed when idle (`pool_idle_timeout`, at most `pool_max_idle_per_host`
-//! kept), so a burst does not leave thousands of connections and their buffers behind.
+//! The pooled upstream client: HTTP/1.1 and HTTP/2 (by ALPN) over rustls, the system's
+//! roots plus `ca_file` (added to them, never instead), `TCP_NODELAY`, keep-alive
+//! connections reused while traffic flows and closed when idle (`pool_idle_timeout`, at most
+//! `pool_max_idle_per_host` kept), so a burst does not leave thousands of connections and
+//! their buffers behind. Connections go through the egress proxy when one applies
+//! ([`Connector`]); a route with `client_cert`/`client_key` gets a client of its own that
+//! presents that certificate (upstream mTLS).
 
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Uri;
 use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
 
-use std::path::Path;
+use crate::config::egress::Egress;
+use crate::config::{Limits, Resolved, TlsFiles};
 
-use crate::config::{Limits, Resolved};
+pub type UpstreamClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// Everything a client depends on.
+#[derive(Debug, Clone, Default)]
+pub struct Settings<'a> {
+    pub ca_file: Option<&'a Path>,
+    pub connect_timeout: Duration,
+    pub limits: Limits,
+    pub egress: Option<&'a Egress>,
+    /// A client certificate and key to present (upstream mTLS).
+    pub identity: Option<&'a TlsFiles>,
+}
 
-/// Builds the client. Fails only on an unreadable `ca_file`; a machine without system roots
-/// gets a warning (https upstreams will then fail with a certificate error).
+impl<'a> Settings<'a> {
+    pub fn of(resolved: &'a Resolved) -> Result<Self, String> {
+        let egress = resolved.egress.as_ref().map_err(Clone::clone)?.as_ref();
+        Ok(Settings {
+            ca_file: resolved.ca_file.as_deref(),
+            connect_timeout: resolved.config.connect_timeout,
+            limits: resolved.config.limits.clone(),
+            egress,
+            identity: None,
+        })
+    }
+}
+
+/// Builds the shared client. Fails on an unreadable `ca_file` or an egress proxy URL in
+/// the environment that does not parse; a machine without system roots gets a warning
+/// (https upstreams will then fail with a certificate error).
 pub fn build(resolved: &Resolved) -> Result<UpstreamClient, String> {
-    let config = &resolved.config;
-    with_settings(
-        resolved.ca_file.as_deref(),
-        config.connect_timeout,
-        &config.limits,
-    )
+    with_settings(&Settings::of(resolved)?)
+}
+
+/// The client for a route that presents a client certificate.
+pub fn build_with_identity(
+    resolved: &Resolved,
+    identity: &TlsFiles,
+) -> Result<UpstreamClient, String> {
+    with_settings(&Settings {
+        identity: Some(identity),
+        ..Settings::of(resolved)?
+    })
 }
 
 /// The client for explicit settings (benchmarks and tests build one without a config).
-pub fn with_settings(
-    ca_file: Option<&Path>,
-    connect_timeout: Duration,
-    limits: &Limits,
-) -> Result<UpstreamClient, String> {
+pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
+    let ca_file = settings.ca_file;
+    let limits = &settings.limits;
+    let connect_timeout = settings.connect_timeout;
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -56,11 +98,23 @@ pub fn with_settings(
     }
     // Name the provider: with several rustls backends compiled in, the implicit default panics.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS set-up failed: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match settings.identity {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let (chain, key) = identity(files)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                format!(
+                    "client_key {} does not belong to client_cert {}: {e}",
+                    files.key.display(),
+                    files.cert.display()
+                )
+            })?
+        }
+    };
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -72,11 +126,138 @@ pub fn with_settings(
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(Connector::new(http, settings.egress));
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(limits.pool_idle_timeout)
         .pool_max_idle_per_host(limits.pool_max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https))
+}
+
+/// A client certificate chain and its key, from PEM files.
+fn identity(
+    files: &TlsFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+    };
+    let pem = read(&files.cert, "client_cert")?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("client_cert {} is not PEM: {e}", files.cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "client_cert {} holds no certificate",
+            files.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key, "client_key")?).map_err(|e| {
+        format!(
+            "client_key {} holds no private key: {e}",
+            files.key.display()
+        )
+    })?;
+    Ok((chain, key))
+}
+
+/// Opens TCP connections directly, or through the egress proxy with `CONNECT` when the
+/// proxy rules apply to the destination. hyper-rustls then runs TLS to the upstream over
+/// whichever it got, so the proxy sees only the tunnel.
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    proxy: Option<Arc<Matcher>>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("proxied", &self.proxy.is_some())
+            .finish()
+    }
+}
+
+impl Connector {
+    fn new(http: HttpConnector, egress: Option<&Egress>) -> Self {
+        let proxy = egress.map(|egress| {
+            let mut rules = Matcher::builder();
+            if let Some(https) = &egress.https {
+                rules = rules.https(https.expose());
+            }
+            if let Some(http) = &egress.http {
+                rules = rules.http(http.expose());
+            }
+            Arc::new(rules.no(egress.no_proxy.as_str()).build())
+        });
+        Connector { http, proxy }
+    }
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send + 'static>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        let intercept = self.proxy.as_ref().and_then(|m| m.intercept(&destination));
+        match intercept {
+            Some(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), self.http.clone());
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                // CONNECT needs a port; the tunnel would assume 443 even for http://.
+                let destination = with_port(destination);
+                Box::pin(async move {
+                    tower_service::Service::call(&mut tunnel, destination)
+                        .await
+                        .map_err(|e| {
+                            format!("through the egress proxy: {}", crate::failure::chain(&e))
+                                .into()
+                        })
+                })
+            }
+            None => {
+                let connecting = tower_service::Service::call(&mut self.http, destination);
+                Box::pin(async move { connecting.await.map_err(Into::into) })
+            }
+        }
+    }
+}
+
+/// The URI with its scheme's default port written out.
+fn with_port(uri: Uri) -> Uri {
+    if uri.port().is_some() {
+        return uri;
+    }
+    let port = if uri.scheme_str() == Some("http") {
+        80
+    } else {
+        443
+    };
+    let Some(host) = uri.host() else {
+        return uri;
+    };
+    let authority = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut parts = uri.clone().into_parts();
+    match authority.parse() {
+        Ok(authority) => {
+            parts.authority = Some(authority);
+            Uri::from_parts(parts).unwrap_or(uri)
+        }
+        Err(_) => uri,
+    }
 }

@@ -261,6 +261,19 @@ async fn check(resolved: Resolved) -> ExitCode {
     let rows = cli::check(&resolved).await;
     print!("{}", cli::format_check(&rows));
     let mut callers_ok = true;
+    match &resolved.egress {
+        Ok(Some(egress)) => {
+            println!("egress: {}", egress.describe());
+            for line in cli::egress_notes(&resolved, egress) {
+                println!("egress: {line}");
+            }
+        }
+        Ok(None) => {}
+        Err(error) => {
+            callers_ok = false;
+            println!("egress: FAILED: {error}");
+        }
+    }
     if let Some(files) = &resolved.tls {
         match credproxy::server::tls::Certificate::load(files) {
             Ok(_) => println!(

@@ -2,7 +2,9 @@
 //! the next generation from the previous one, keeping what did not change — a credential
 //! whose table is the same keeps its cell (and so its cached value: no refetch), an
 //! unchanged `[callers]` keeps its key set and validated tokens, unchanged TLS files keep
-//! their certificate, unchanged client settings keep the upstream connection pool.
+//! their certificate, unchanged client settings keep the upstream connection pool (the
+//! clients presenting a route's `client_cert` are built afresh, so a reload picks up a
+//! renewed client certificate).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -90,7 +92,22 @@ impl Generation {
                 Some((certificate, acceptor))
             }
         };
-        let shared = Arc::new(Shared::new(&resolved, client, callers, Arc::clone(metrics)));
+        let mut identity_clients = std::collections::HashMap::new();
+        for (_, route) in resolved.routes() {
+            let Some(files) = &route.identity else {
+                continue;
+            };
+            if identity_clients.contains_key(files) {
+                continue;
+            }
+            // Built afresh on every reload: a reload is how a renewed client certificate
+            // (same file names, new content) is picked up.
+            let client = crate::client::build_with_identity(&resolved, files)?;
+            identity_clients.insert(files.clone(), client);
+        }
+        let mut shared = Shared::new(&resolved, client, callers, Arc::clone(metrics));
+        shared.identity_clients = identity_clients;
+        let shared = Arc::new(shared);
         Ok(Generation {
             resolved,
             shared,
@@ -146,6 +163,7 @@ impl Generation {
 /// The upstream client depends on these only.
 fn same_client_settings(a: &Resolved, b: &Resolved) -> bool {
     a.ca_file == b.ca_file
+        && a.egress == b.egress
         && a.config.connect_timeout == b.config.connect_timeout
         && a.config.limits.pool_idle_timeout == b.config.limits.pool_idle_timeout
         && a.config.limits.pool_max_idle_per_host == b.config.limits.pool_max_idle_per_host

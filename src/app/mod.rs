@@ -52,6 +52,10 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Ok(Some(egress)) = &generation.resolved.egress {
+        tracing::info!(target: "credproxy::server", egress = %egress.describe(),
+            "upstream connections go through the egress proxy");
+    }
     let mut server = Server::new(&limits, Arc::clone(&metrics));
     let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
     let addrs: Vec<SocketAddr> = generation

@@ -384,11 +384,10 @@ mod tests {
             }],
             header: header.map(|h| h.parse().unwrap()),
         };
-        let client = crate::client::with_settings(
-            None,
-            std::time::Duration::from_secs(1),
-            &crate::config::Limits::default(),
-        )
+        let client = crate::client::with_settings(&crate::client::Settings {
+            connect_timeout: std::time::Duration::from_secs(1),
+            ..Default::default()
+        })
         .unwrap();
         Callers::new(&config, None, client)
     }

@@ -13,6 +13,7 @@
 //! explicit literal that earns a warning.
 
 mod callers;
+pub mod egress;
 mod resolve;
 mod validate;
 
@@ -86,6 +87,10 @@ pub struct Config {
     pub admin: AdminListen,
     /// Reload when the config file changes (besides SIGHUP).
     pub watch_config: bool,
+    /// `egress_proxy`: the corporate proxy upstream connections go through (else the
+    /// environment's `HTTPS_PROXY`/`HTTP_PROXY`, if any), and `no_proxy` exceptions.
+    pub egress_proxy: Option<crate::credentials::Secret>,
+    pub no_proxy: Vec<String>,
 }
 
 /// The admin listener: never mixed with proxied routes.
@@ -175,6 +180,8 @@ pub struct Route {
     pub strip_headers: Vec<HeaderName>,
     /// Only callers in one of these groups may use the route; `None`: every caller.
     pub groups: Option<Vec<String>>,
+    /// `client_cert` / `client_key`: the certificate presented to the upstream (mTLS).
+    pub identity: Option<TlsConfig>,
 }
 
 /// An upstream as written: a URL, or a URL with placeholders filled in at resolution.

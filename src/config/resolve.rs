@@ -29,9 +29,11 @@ pub struct Resolved {
     pub tls: Option<TlsFiles>,
     /// `[callers] jwks_file` with `~` expanded.
     pub jwks_file: Option<PathBuf>,
+    /// The egress proxy (config or environment), or why the environment's does not parse.
+    pub egress: Result<Option<super::egress::Egress>, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -70,6 +72,8 @@ pub struct ResolvedRoute {
     pub strip_headers: Vec<HeaderName>,
     /// Only callers in one of these groups are admitted; `None`: every caller.
     pub groups: Option<Arc<[String]>>,
+    /// The client certificate presented to this route's upstream (mTLS).
+    pub identity: Option<TlsFiles>,
 }
 
 impl ResolvedRoute {
@@ -107,7 +111,14 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
             routes: listener
                 .routes
                 .iter()
-                .map(|route| resolve_route(&config, route, &credentials[route.credential].facts))
+                .map(|route| {
+                    resolve_route(
+                        &config,
+                        route,
+                        &credentials[route.credential].facts,
+                        env.home().as_deref(),
+                    )
+                })
                 .collect(),
         })
         .collect();
@@ -127,6 +138,7 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
             KeysFrom::File(path) => Some(path.resolve(env.home().as_deref())),
             _ => None,
         });
+    let egress = super::egress::resolve(config.egress_proxy.as_ref(), &config.no_proxy, env);
     Resolved {
         config,
         credentials,
@@ -134,10 +146,16 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
         ca_file,
         tls,
         jwks_file,
+        egress,
     }
 }
 
-fn resolve_route(config: &Config, route: &Route, facts: &Facts) -> ResolvedRoute {
+fn resolve_route(
+    config: &Config,
+    route: &Route,
+    facts: &Facts,
+    home: Option<&std::path::Path>,
+) -> ResolvedRoute {
     let (upstream, template) = match &route.upstream {
         UpstreamSpec::Fixed(upstream) => (Ok(upstream.clone()), None),
         UpstreamSpec::Template(template) => (fill(template, facts), Some(template.clone())),
@@ -158,6 +176,10 @@ fn resolve_route(config: &Config, route: &Route, facts: &Facts) -> ResolvedRoute
             .cloned()
             .collect(),
         groups: route.groups.as_deref().map(Arc::from),
+        identity: route.identity.as_ref().map(|files| TlsFiles {
+            cert: files.cert.resolve(home),
+            key: files.key.resolve(home),
+        }),
     }
 }
 

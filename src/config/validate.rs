@@ -12,11 +12,11 @@ use http::uri::Uri;
 
 use http::HeaderName;
 
-use super::callers;
 use super::{
     AdminListen, Config, ConfigOrigin, CredentialConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY, GuardConfig, Limits, Listener, Route, TlsConfig, UpstreamSpec,
 };
+use super::{callers, egress};
 use crate::fields::{Checker, ConfigError, ConfigPath, Table, Text, parse_document};
 use crate::kinds::{self, Placeholder, ReadContext};
 use crate::upstream::Upstream;
@@ -75,6 +75,23 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
             .map_or(AdminListen::Off, AdminListen::Explicit),
     };
     let watch_config = root.bool(cx, "watch_config").is_some_and(|b| *b.get_ref());
+    let egress_proxy =
+        root.string(cx, "egress_proxy").and_then(|text| {
+            match egress::check_proxy_url(text.get_ref()) {
+                Ok(()) => Some(crate::credentials::Secret::new(text.get_ref().trim())),
+                Err((message, hint)) => {
+                    cx.report(text.span(), message, hint);
+                    None
+                }
+            }
+        });
+    let no_proxy: Vec<String> = root
+        .strings(cx, "no_proxy")
+        .iter()
+        .flat_map(|l| l.get_ref())
+        .map(|t| t.get_ref().trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
     let max_body = root
         .string(cx, "max_body")
         .and_then(|t| cx.size(&t, 1024..=1024 * 1024 * 1024))
@@ -145,11 +162,14 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
     let listeners = routes(
         root,
         cx,
-        default_listen,
-        allow_non_loopback,
-        &index,
-        &credentials,
-        has_callers,
+        &RouteContext {
+            default_listen,
+            allow_non_loopback,
+            index: &index,
+            credentials: &credentials,
+            has_callers,
+            base_dir,
+        },
     );
     Config {
         origin,
@@ -167,6 +187,8 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         tls,
         admin,
         watch_config,
+        egress_proxy,
+        no_proxy,
     }
 }
 
@@ -176,8 +198,18 @@ fn tls(
     cx: &mut Checker,
     base_dir: Option<&std::path::Path>,
 ) -> Option<TlsConfig> {
-    let cert = root.string(cx, "tls_cert");
-    let key = root.string(cx, "tls_key");
+    cert_and_key(root, cx, base_dir, ("tls_cert", "tls_key"))
+}
+
+/// A certificate and its key named by two keys of a table: both or neither.
+fn cert_and_key(
+    table: &mut Table,
+    cx: &mut Checker,
+    base_dir: Option<&std::path::Path>,
+    (cert_key, key_key): (&'static str, &'static str),
+) -> Option<TlsConfig> {
+    let cert = table.string(cx, cert_key);
+    let key = table.string(cx, key_key);
     match (cert, key) {
         (Some(cert), Some(key)) => Some(TlsConfig {
             cert: ConfigPath::new(cert.get_ref(), base_dir),
@@ -186,7 +218,7 @@ fn tls(
         (Some(alone), None) | (None, Some(alone)) => {
             cx.report(
                 alone.span(),
-                "`tls_cert` and `tls_key` go together",
+                format!("`{cert_key}` and `{key_key}` go together"),
                 "set both: the certificate chain (PEM) and its private key (PEM)".to_string(),
             );
             None
@@ -359,17 +391,19 @@ fn credential(
     spec.filter(|_| cx.count() == before)
 }
 
-fn routes(
-    root: &mut Table,
-    cx: &mut Checker,
+/// What reading a route needs from the rest of the file.
+struct RouteContext<'a> {
     default_listen: Option<SocketAddr>,
     allow_non_loopback: bool,
-    index: &HashMap<String, Option<usize>>,
-    credentials: &[CredentialConfig],
+    index: &'a HashMap<String, Option<usize>>,
+    credentials: &'a [CredentialConfig],
     has_callers: bool,
-) -> Vec<Listener> {
+    base_dir: Option<&'a std::path::Path>,
+}
+
+fn routes(root: &mut Table, cx: &mut Checker, at: &RouteContext) -> Vec<Listener> {
     let mut listeners: Vec<Listener> = Vec::new();
-    if let Some(addr) = default_listen {
+    if let Some(addr) = at.default_listen {
         listeners.push(Listener {
             addr,
             routes: Vec::new(),
@@ -385,15 +419,7 @@ fn routes(
         );
     }
     for mut table in tables {
-        let route = read_route(
-            &mut table,
-            cx,
-            default_listen,
-            allow_non_loopback,
-            index,
-            credentials,
-            has_callers,
-        );
+        let route = read_route(&mut table, cx, at);
         table.finish(cx);
         let Some((addr, route, prefix_text)) = route else {
             continue;
@@ -438,12 +464,16 @@ fn required(table: &mut Table, cx: &mut Checker, key: &'static str) -> Option<Te
 fn read_route(
     table: &mut Table,
     cx: &mut Checker,
-    default_listen: Option<SocketAddr>,
-    allow_non_loopback: bool,
-    index: &HashMap<String, Option<usize>>,
-    credentials: &[CredentialConfig],
-    has_callers: bool,
+    at: &RouteContext,
 ) -> Option<(SocketAddr, Route, Text)> {
+    let RouteContext {
+        default_listen,
+        allow_non_loopback,
+        index,
+        credentials,
+        has_callers,
+        base_dir,
+    } = *at;
     let prefix_text = required(table, cx, "prefix");
     let upstream_text = required(table, cx, "upstream");
     let credential_text = required(table, cx, "credential");
@@ -455,6 +485,7 @@ fn read_route(
         .string(cx, "stream_idle_timeout")
         .and_then(|t| cx.duration(&t, secs(1)..=DAY));
     let strip_headers = header_names(table, cx, "strip_headers");
+    let identity = cert_and_key(table, cx, base_dir, ("client_cert", "client_key"));
     let groups_at = table.value("groups").map(|v| v.span());
     let groups = callers::groups(table, cx);
     if let (Some(span), false) = (groups_at, has_callers) {
@@ -510,6 +541,7 @@ fn read_route(
             stream_idle_timeout,
             strip_headers,
             groups,
+            identity,
         },
         prefix_text?,
     ))

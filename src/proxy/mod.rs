@@ -65,6 +65,8 @@ pub struct Shared {
     /// `[callers]`: who may use the proxy listeners (`None`: whoever reaches them).
     pub callers: Option<Arc<Callers>>,
     pub metrics: Arc<Metrics>,
+    /// Clients that present a route's `client_cert` (upstream mTLS), by certificate files.
+    pub identity_clients: std::collections::HashMap<crate::config::TlsFiles, UpstreamClient>,
 }
 
 impl Shared {
@@ -79,6 +81,7 @@ impl Shared {
         Shared {
             callers,
             metrics,
+            identity_clients: Default::default(),
             client,
             credentials: resolved
                 .credentials
@@ -373,7 +376,12 @@ impl Proxy {
             upstream: route.upstream_text(),
             waited,
         };
-        match tokio::time::timeout(waited, self.shared.client.request(request)).await {
+        let client = route
+            .identity
+            .as_ref()
+            .and_then(|files| self.shared.identity_clients.get(files))
+            .unwrap_or(&self.shared.client);
+        match tokio::time::timeout(waited, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) if is_timeout(&error) => Err(timeout()),
             Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable {

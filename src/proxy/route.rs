@@ -133,6 +133,7 @@ mod tests {
             stream_idle_timeout: None,
             strip_headers: Vec::new(),
             groups: None,
+            identity: None,
         }
     }
 

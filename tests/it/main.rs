@@ -5,6 +5,7 @@ mod aws;
 mod azure;
 mod callers;
 mod cli;
+mod egress;
 mod google;
 mod hardening;
 mod keychain;

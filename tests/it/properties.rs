@@ -22,6 +22,7 @@ fn route(prefix: &str, upstream: &str) -> ResolvedRoute {
         stream_idle_timeout: None,
         strip_headers: Vec::new(),
         groups: None,
+        identity: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and the fakes of each cloud's token service.
 
 mod client;
+pub mod connect_proxy;
 pub mod google;
 pub mod idp;
 mod process;

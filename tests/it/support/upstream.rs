@@ -99,6 +99,15 @@ impl FakeUpstream {
         Self::start_with(handler, Some(ca.acceptor.clone())).await
     }
 
+    /// The same over https with a TLS set-up of the test's own (one demanding client
+    /// certificates, say).
+    pub async fn start_with_acceptor(
+        acceptor: tokio_rustls::TlsAcceptor,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_with(handler, Some(acceptor)).await
+    }
+
     async fn start_with(
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
         tls: Option<tokio_rustls::TlsAcceptor>,
