@@ -1,5 +1,7 @@
-//! The pooled upstream client: HTTP/1.1 and HTTP/2 (by ALPN) over rustls, the system's
-//! roots plus `ca_file` (added to them, never instead), `TCP_NODELAY`, keep-alive
+//! The pooled upstream client: HTTP/1.1 and HTTP/2 (by ALPN) over rustls, certificates
+//! checked by the operating system's verifier (rustls-platform-verifier: on macOS and
+//! Windows the OS's own trust decisions, so device-managed corporate roots work; on Linux
+//! the system roots with WebPKI) plus `ca_file` (added to them, never instead), `TCP_NODELAY`, keep-alive
 //! connections reused while traffic flows and closed when idle (`pool_idle_timeout`, at most
 //! `pool_max_idle_per_host` kept), so a burst does not leave thousands of connections and
 //! their buffers behind. Connections go through the egress proxy when one applies
@@ -79,29 +81,35 @@ pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
     let ca_file = settings.ca_file;
     let limits = &settings.limits;
     let connect_timeout = settings.connect_timeout;
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    if added == 0 && ca_file.is_none() {
-        tracing::warn!("no system root certificates found; https upstreams will fail to verify");
-    }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-        let certs = rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("ca_file {} is not PEM: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("ca_file {} holds no certificates", path.display()));
+    let extra = match ca_file {
+        None => Vec::new(),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("ca_file {} is not PEM: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("ca_file {} holds no certificates", path.display()));
+            }
+            certs
         }
-        roots.add_parsable_certificates(certs);
-    }
+    };
     // Name the provider: with several rustls backends compiled in, the implicit default panics.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up failed: {e}"))?
-        .with_root_certificates(roots);
+        .map_err(|e| format!("TLS set-up failed: {e}"))?;
+    let builder = match rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider) {
+        Ok(verifier) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier)),
+        Err(error) => {
+            // Plain-http upstreams still work; https ones fail with a certificate error.
+            tracing::warn!(%error, "no root certificates found; https upstreams will fail to verify");
+            builder.with_root_certificates(RootCertStore::empty())
+        }
+    };
     let tls = match settings.identity {
         None => builder.with_no_client_auth(),
         Some(files) => {
