@@ -110,6 +110,15 @@ fn example_config_is_valid() {
 }
 
 #[test]
+fn kubernetes_config_is_valid() {
+    let text = include_str!("../../../deploy/kubernetes/config.toml");
+    let config = Config::parse(text, ConfigOrigin::File(PathBuf::from("config.toml")))
+        .unwrap_or_else(|e| panic!("deploy/kubernetes/config.toml is invalid:\n{e}"));
+    assert!(config.watch_config);
+    assert_eq!(config.admin.addr().unwrap().port(), 9787);
+}
+
+#[test]
 fn gateway_example_is_valid() {
     let text = include_str!("../../../examples/gateway.toml");
     let config = Config::parse(text, ConfigOrigin::File(PathBuf::from("gateway.toml")))
