@@ -35,6 +35,7 @@ fn route(prefix: &str, host: &str) -> Route {
         strip_headers: Vec::new(),
         groups: None,
         identity: None,
+        translate: None,
     }
 }
 

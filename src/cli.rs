@@ -331,7 +331,12 @@ pub fn env_report(resolved: &Resolved) -> String {
             );
             continue;
         };
-        let mode = credential.spec.client_env(&view);
+        // A translating route speaks the Anthropic API, whatever its credential.
+        let mode = if route.translate.is_some() {
+            ClientEnv::Anthropic
+        } else {
+            credential.spec.client_env(&view)
+        };
         match &mode {
             ClientEnv::Anthropic => {
                 let _ = writeln!(out, "export ANTHROPIC_BASE_URL={url}");

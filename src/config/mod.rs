@@ -15,6 +15,7 @@
 mod callers;
 pub mod egress;
 mod resolve;
+pub mod translate;
 mod validate;
 
 use std::net::SocketAddr;
@@ -182,6 +183,8 @@ pub struct Route {
     pub groups: Option<Vec<String>>,
     /// `client_cert` / `client_key`: the certificate presented to the upstream (mTLS).
     pub identity: Option<TlsConfig>,
+    /// `translate`: the Anthropic API served in front of Bedrock or Vertex.
+    pub translate: Option<translate::Translate>,
 }
 
 /// An upstream as written: a URL, or a URL with placeholders filled in at resolution.

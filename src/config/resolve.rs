@@ -74,6 +74,8 @@ pub struct ResolvedRoute {
     pub groups: Option<Arc<[String]>>,
     /// The client certificate presented to this route's upstream (mTLS).
     pub identity: Option<TlsFiles>,
+    /// `translate`: the Anthropic API served in front of Bedrock or Vertex.
+    pub translate: Option<Arc<super::translate::Translation>>,
 }
 
 impl ResolvedRoute {
@@ -156,10 +158,29 @@ fn resolve_route(
     facts: &Facts,
     home: Option<&std::path::Path>,
 ) -> ResolvedRoute {
-    let (upstream, template) = match &route.upstream {
+    let (mut upstream, template) = match &route.upstream {
         UpstreamSpec::Fixed(upstream) => (Ok(upstream.clone()), None),
         UpstreamSpec::Template(template) => (fill(template, facts), Some(template.clone())),
     };
+    let translate = route.translate.as_ref().map(|t| {
+        Arc::new(super::translate::Translation {
+            to: t.to,
+            models: t.models.clone(),
+            project: facts.project.clone(),
+            region: facts.region.clone(),
+        })
+    });
+    // Vertex paths name the project and region: without them the route cannot serve.
+    if let Some(t) = &translate
+        && t.to == super::translate::TranslateTo::Vertex
+        && upstream.is_ok()
+    {
+        if t.project.is_none() {
+            upstream = Err("translate = \"vertex\" needs the Google project: set `project` in the credential or ANTHROPIC_VERTEX_PROJECT_ID, and restart credproxy".to_string());
+        } else if t.region.is_none() {
+            upstream = Err("translate = \"vertex\" needs the region: set `region` in the credential or CLOUD_ML_REGION, and restart credproxy".to_string());
+        }
+    }
     ResolvedRoute {
         prefix: route.prefix.clone(),
         upstream,
@@ -180,6 +201,7 @@ fn resolve_route(
             cert: files.cert.resolve(home),
             key: files.key.resolve(home),
         }),
+        translate,
     }
 }
 

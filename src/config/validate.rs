@@ -529,6 +529,8 @@ fn read_route(
             }
         }
     });
+    let credential_kind = credential.map(|i| credentials[i].spec.kind());
+    let translate = super::translate::read(table, cx, credential_kind);
     let upstream_text = upstream_text?;
     let upstream = upstream(cx, &upstream_text, credential.map(|i| &credentials[i]));
     Some((
@@ -542,6 +544,7 @@ fn read_route(
             strip_headers,
             groups,
             identity,
+            translate,
         },
         prefix_text?,
     ))

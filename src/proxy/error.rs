@@ -59,6 +59,11 @@ pub enum ProxyError {
         limit: usize,
         waited: Duration,
     },
+    #[error("route `{route}` translates the Anthropic API: {cause}")]
+    Translate {
+        route: String,
+        cause: super::translate::TranslateError,
+    },
     #[error("route `{route}` is disabled: {reason}")]
     RouteDisabled { route: String, reason: String },
     #[error("route `{route}` could not get credential `{credential}` ({source_name}): {cause}")]
@@ -101,6 +106,7 @@ impl ProxyError {
             | ProxyError::BodyUnreadable { .. }
             | ProxyError::BodyStalled { .. }
             | ProxyError::BadHost { .. }
+            | ProxyError::Translate { .. }
             | ProxyError::BadPath { .. } => Side::Client,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
@@ -120,6 +126,7 @@ impl ProxyError {
             | ProxyError::OriginNotAllowed { .. }
             | ProxyError::CrossSite => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Translate { cause, .. } => cause.status(),
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyUnreadable { .. }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod guard;
 pub mod route;
 pub mod stream;
+pub mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -210,7 +211,7 @@ impl Proxy {
         // A place among the route's upstream requests comes first: a queued request holds
         // its connection, not its body.
         let slot = self.slot(route, &entry.slots).await?;
-        let body = body::read_limited(
+        let mut body = body::read_limited(
             &parts.headers,
             body,
             self.shared.max_body,
@@ -221,19 +222,49 @@ impl Proxy {
         for name in &route.strip_headers {
             parts.headers.remove(name);
         }
-        let path_and_query = parts
+        let mut path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        parts.uri = route::upstream_uri(&route.prefix, upstream, &path_and_query).map_err(|e| {
+        let mut prefix = route.prefix.as_str();
+        let mut operation = None;
+        if let Some(translation) = &route.translate {
+            let below = match prefix {
+                "/" => parts.uri.path(),
+                prefix => &parts.uri.path()[prefix.len()..],
+            };
+            let plan =
+                translate::plan(translation, &parts.method, below, &mut parts.headers, &body)
+                    .map_err(|cause| ProxyError::Translate {
+                        route: route.prefix.clone(),
+                        cause,
+                    })?;
+            match plan {
+                translate::Plan::Answer(status, json) => return Ok(json_response(status, &json)),
+                translate::Plan::Forward(rewritten) => {
+                    body = rewritten.body;
+                    path_and_query = rewritten.path.parse().map_err(|e| ProxyError::Translate {
+                        route: route.prefix.clone(),
+                        cause: translate::TranslateError::NotJson(format!("bad path: {e}")),
+                    })?;
+                    prefix = "/";
+                    parts.headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    operation = Some(rewritten.operation);
+                }
+            }
+        }
+        parts.uri = route::upstream_uri(prefix, upstream, &path_and_query).map_err(|e| {
             ProxyError::UpstreamUnreachable {
                 route: route.prefix.clone(),
                 upstream: upstream.to_string(),
                 cause: format!("the upstream URI could not be formed: {e}").into(),
             }
         })?;
-        self.forward(route, credential, parts, body, slot, log)
+        self.forward(route, credential, parts, body, slot, operation, log)
             .await
     }
 
@@ -274,6 +305,7 @@ impl Proxy {
 
     /// Sends the request; when the answer says the credential (or its signature) went bad,
     /// renews it and sends once more. The second answer goes back whatever it is.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         route: &ResolvedRoute,
@@ -281,6 +313,7 @@ impl Proxy {
         parts: http::request::Parts,
         body: Bytes,
         slot: OwnedSemaphorePermit,
+        operation: Option<translate::Operation>,
         log: &mut AccessLog<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         log.attempts = 1;
@@ -300,7 +333,7 @@ impl Proxy {
             })?;
         match verdict {
             Verdict::Deliver | Verdict::Inspect { .. } => {
-                return Ok(answer.deliver(route, slot));
+                return self.deliver(route, answer, slot, operation).await;
             }
             Verdict::Resign => {
                 tracing::debug!(route = %route.prefix, "upstream rejected the signature; signing again");
@@ -322,7 +355,84 @@ impl Proxy {
         drop(answer);
         log.attempts = 2;
         let second = self.attempt(route, credential, &parts, &body, log).await?;
-        Ok(Answer::Streaming(second.response).deliver(route, slot))
+        self.deliver(route, Answer::Streaming(second.response), slot, operation)
+            .await
+    }
+
+    /// The answer as the client gets it; on a translating route, in the Anthropic shape.
+    async fn deliver(
+        &self,
+        route: &ResolvedRoute,
+        answer: Answer,
+        slot: OwnedSemaphorePermit,
+        operation: Option<translate::Operation>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let (Some(operation), Some(translation)) = (operation, route.translate.as_deref()) else {
+            return Ok(answer.deliver(route, slot));
+        };
+        let status = match &answer {
+            Answer::Streaming(response) => response.status(),
+            Answer::Read(parts, _) => parts.status,
+        };
+        let bedrock = translation.to == translate::TranslateTo::Bedrock;
+        let needs_body =
+            !status.is_success() || (bedrock && operation == translate::Operation::CountTokens);
+        if !needs_body {
+            let Answer::Streaming(response) = answer else {
+                return Ok(answer.deliver(route, slot));
+            };
+            let event_stream = bedrock
+                && response
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| {
+                        v.as_bytes()
+                            .starts_with(b"application/vnd.amazon.eventstream")
+                    });
+            if !event_stream {
+                return Ok(Answer::Streaming(response).deliver(route, slot));
+            }
+            let (mut parts, body) = response.into_parts();
+            headers::strip_response(&mut parts.headers);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            parts.headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
+            let body = UpstreamBody::new(body, Some(slot), route.stream_idle_timeout, true)
+                .with_event_stream();
+            return Ok(Response::from_parts(parts, Either::Left(body)));
+        }
+        let (parts, bytes) = match answer {
+            Answer::Read(parts, bytes) => (parts, bytes),
+            Answer::Streaming(response) => {
+                let (parts, body) = response.into_parts();
+                let read = http_body_util::Limited::new(body, 1024 * 1024).collect();
+                let bytes = tokio::time::timeout(self.shared.upstream_timeout, read)
+                    .await
+                    .map_err(|_| "the upstream stopped sending its answer".into())
+                    .and_then(|r| r.map(|c| c.to_bytes()))
+                    .map_err(|e: stream::BoxError| ProxyError::UpstreamUnreachable {
+                        route: route.prefix.clone(),
+                        upstream: route.upstream_text(),
+                        cause: format!("its answer could not be read: {e}").into(),
+                    })?;
+                (parts, bytes)
+            }
+        };
+        if !parts.status.is_success() {
+            let (status, json) =
+                translate::errors::translate(translation.to, parts.status, &parts.headers, &bytes);
+            return Ok(json_response(status, &json));
+        }
+        match translate::bedrock::count_tokens_answer(&bytes) {
+            Some(json) => Ok(json_response(http::StatusCode::OK, &json)),
+            None => Err(ProxyError::UpstreamUnreachable {
+                route: route.prefix.clone(),
+                upstream: route.upstream_text(),
+                cause: "Bedrock's CountTokens answer has no `inputTokens`".into(),
+            }),
+        }
     }
 
     /// One try: a current credential value, applied afresh, and the upstream's answer.
@@ -424,6 +534,17 @@ impl Answer {
             }
         }
     }
+}
+
+/// A JSON answer of credproxy's own making (a translated route's answers).
+fn json_response(status: http::StatusCode, json: &serde_json::Value) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(json.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Applies the scheme's classifier to a first answer. When it asks to see the body and the

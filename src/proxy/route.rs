@@ -134,6 +134,7 @@ mod tests {
             strip_headers: Vec::new(),
             groups: None,
             identity: None,
+            translate: None,
         }
     }
 

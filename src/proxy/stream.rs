@@ -21,6 +21,8 @@ pub struct UpstreamBody {
     _slot: Option<OwnedSemaphorePermit>,
     idle: Option<Idle>,
     ended: bool,
+    /// Bedrock's event stream re-emitted as SSE (a translating route).
+    events: Option<super::translate::eventstream::EventStreamToSse>,
 }
 
 #[derive(Debug)]
@@ -55,7 +57,17 @@ impl UpstreamBody {
                 sse,
             }),
             ended: false,
+            events: None,
         }
+    }
+
+    /// The body's bytes are Bedrock event-stream frames, to be sent on as SSE.
+    pub fn with_event_stream(mut self) -> Self {
+        self.events = Some(super::translate::eventstream::EventStreamToSse::new());
+        if let Some(idle) = &mut self.idle {
+            idle.sse = true;
+        }
+        self
     }
 }
 
@@ -75,9 +87,36 @@ impl Body for UpstreamBody {
                 if let Some(idle) = &mut self.idle {
                     idle.waiting = false;
                 }
-                Poll::Ready(Some(frame.map_err(BoxError::from)))
+                let frame = frame.map_err(BoxError::from);
+                let this = &mut *self;
+                let (Some(events), Ok(frame)) = (&mut this.events, &frame) else {
+                    return Poll::Ready(Some(frame));
+                };
+                let Some(data) = frame.data_ref() else {
+                    // Trailers of a translated stream are not the client's.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                };
+                let sse = events.feed(data);
+                if events.finished {
+                    this.ended = true;
+                }
+                if sse.is_empty() {
+                    // No frame completed yet: read on.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(Frame::data(sse))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                let rest = self.events.as_mut().map(|e| e.finish()).unwrap_or_default();
+                self.ended = true;
+                if rest.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(Frame::data(rest))))
+                }
+            }
             Poll::Pending => {
                 let Some(idle) = &mut self.idle else {
                     return Poll::Pending;
@@ -108,10 +147,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        self.ended || (self.events.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.events.is_some() {
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }

@@ -14,3 +14,4 @@ mod operability;
 mod properties;
 mod proxy;
 mod support;
+mod translate;

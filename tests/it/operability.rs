@@ -280,30 +280,14 @@ credential = "key"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        proxy.output().contains("trigger=\"watch_config\""),
-        "{}",
-        proxy.output()
-    );
+    proxy.wait_for_output("trigger=\"watch_config\"").await;
     assert_eq!(post(&proxy.url("/v1/messages"), "{}").await.status, 200);
 
+    // The watcher may also have seen the files the signals loaded: at least these.
     let metrics = get(&proxy.admin_url("/metrics").await).await.text();
-    assert_eq!(
-        metric(
-            &metrics,
-            "credproxy_config_reloads_total",
-            &["result=\"applied\""]
-        ),
-        Some(2.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "credproxy_config_reloads_total",
-            &["result=\"rejected\""]
-        ),
-        Some(1.0)
-    );
+    let applied = metric(&metrics, "credproxy_config_reloads_total", &["result=\"applied\""]);
+    assert!(applied.is_some_and(|n| n >= 2.0), "{metrics}");
+    let rejected = metric(&metrics, "credproxy_config_reloads_total", &["result=\"rejected\""]);
+    assert!(rejected.is_some_and(|n| n >= 1.0), "{metrics}");
     assert_eq!(scratch.lines("runs"), 1);
 }

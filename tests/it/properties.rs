@@ -23,6 +23,7 @@ fn route(prefix: &str, upstream: &str) -> ResolvedRoute {
         strip_headers: Vec::new(),
         groups: None,
         identity: None,
+        translate: None,
     }
 }
 
