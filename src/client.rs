@@ -89,10 +89,24 @@ pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
             let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("ca_file {} is not PEM: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("ca_file {} holds no certificates", path.display()));
+            let found = certs.len();
+            // One certificate the verifier cannot use must not cost the others (or the
+            // system's roots): skip it and say so.
+            let usable: Vec<_> = certs
+                .into_iter()
+                .filter(|cert| RootCertStore::empty().add(cert.clone()).is_ok())
+                .collect();
+            if usable.is_empty() {
+                return Err(format!(
+                    "ca_file {} holds no usable CA certificate",
+                    path.display()
+                ));
             }
-            certs
+            if usable.len() < found {
+                tracing::warn!(ca_file = %path.display(), skipped = found - usable.len(),
+                    "some certificates in ca_file are not usable as roots and were skipped");
+            }
+            usable
         }
     };
     // Name the provider: with several rustls backends compiled in, the implicit default panics.

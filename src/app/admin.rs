@@ -2,8 +2,9 @@
 //! mixed with proxied routes:
 //!
 //! - `GET /healthz`: 200 while the process serves.
-//! - `GET /readyz`: 200 once every credential an enabled route uses holds a value (or is a
-//!   static key); else 503 naming the ones that do not, and why.
+//! - `GET /readyz`: 200 once every credential an enabled route uses holds a value; else 503
+//!   naming the ones that do not, and why (credproxy keeps fetching those in the
+//!   background, so readiness returns by itself when the source recovers).
 //! - `GET /metrics`: Prometheus / OpenMetrics text.
 //! - `GET /status`: JSON per credential (kind, source, fetched at, expires in, fetches,
 //!   rejections, last error — never a value) and per route (upstream, credential, why
@@ -63,6 +64,9 @@ async fn serve(listener: TcpListener, local: SocketAddr, current: Current, metri
             continue;
         };
         let (current, metrics) = (Arc::clone(&current), Arc::clone(&metrics));
+        // The address this connection reached (the pod's IP on a 0.0.0.0 listener), so a
+        // scraper that names it in `Host` is accepted like a loopback name.
+        let local = stream.local_addr().unwrap_or(local);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let answer = answer(&request, local, &current, &metrics);
@@ -138,7 +142,7 @@ fn not_ready(resolved: &Resolved) -> Vec<Value> {
         .iter()
         .enumerate()
         .filter(|(index, _)| resolved.unused_reason(*index).is_none())
-        .filter(|(_, c)| !c.cached.source().is_static() && c.cached.peek().is_none())
+        .filter(|(_, c)| c.cached.peek().is_none())
         .map(|(_, c)| {
             let stats = c.cached.stats();
             let reason = match stats.last_error {

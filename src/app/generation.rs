@@ -70,7 +70,8 @@ impl Generation {
             (None, _) => None,
             (Some(config), Some(previous))
                 if previous.resolved.config.callers.as_ref() == Some(config)
-                    && previous.resolved.jwks_file == resolved.jwks_file =>
+                    && previous.resolved.jwks_file == resolved.jwks_file
+                    && same_client_settings(&previous.resolved, &resolved) =>
             {
                 previous.shared.callers.clone()
             }
@@ -117,8 +118,14 @@ impl Generation {
         })
     }
 
-    /// The proxy serving the listener configured at `configured`, bound at `bound`.
-    pub fn proxy(&self, configured: SocketAddr, bound: SocketAddr) -> Option<Arc<Proxy>> {
+    /// The proxy serving the listener configured at `configured`, bound at `bound`; it
+    /// takes over `previous`'s in-flight slots.
+    pub fn proxy(
+        &self,
+        configured: SocketAddr,
+        bound: SocketAddr,
+        previous: Option<&Proxy>,
+    ) -> Option<Arc<Proxy>> {
         let listener = self
             .resolved
             .listeners
@@ -129,6 +136,7 @@ impl Generation {
             &self.resolved,
             listener.routes.clone(),
             bound,
+            previous,
         )))
     }
 

@@ -85,6 +85,7 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         }
     };
 
+    keep_fetching(Arc::clone(&current));
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
     watch_hangup(reload_tx.clone());
     if let Some(path) = config_file(config_path.as_deref()) {
@@ -125,7 +126,7 @@ fn start_listener(
     listener: TcpListener,
 ) {
     let local = listener.local_addr().unwrap_or(addr);
-    let Some(proxy) = generation.proxy(addr, local) else {
+    let Some(proxy) = generation.proxy(addr, local, None) else {
         return;
     };
     let tls = generation.acceptor();
@@ -200,7 +201,8 @@ async fn reload(
     let wanted: Vec<SocketAddr> = next.resolved.listeners.iter().map(|l| l.addr).collect();
     for (configured, local) in bound.clone() {
         if wanted.contains(&configured) {
-            if let Some(proxy) = next.proxy(configured, local) {
+            let previous = server.proxy(configured);
+            if let Some(proxy) = next.proxy(configured, local, previous.as_deref()) {
                 server.update(configured, proxy, next.acceptor());
             }
         } else {
@@ -214,7 +216,11 @@ async fn reload(
         start_listener(server, bound, &next, addr, socket);
     }
     let kept = next.kept.clone();
-    warm_up(&next, |name| !kept.contains(name));
+    // New and changed credentials, and kept ones that never got a value (a route that
+    // uses them may just have been enabled).
+    warm_up(&next, |credential| {
+        !kept.contains(&credential.name) || credential.cached.peek().is_none()
+    });
     metrics.set_credentials(cells(&next));
     current.store(Arc::new(next));
     metrics
@@ -331,7 +337,7 @@ fn warn_if_exposed(resolved: &Resolved, addr: SocketAddr, tls: bool) {
 
 /// Fetches the credentials `fetch` names in the background so the first request does not
 /// wait, and says which routes cannot work yet and why; also the identity provider's keys.
-fn warm_up(generation: &Generation, fetch: impl Fn(&str) -> bool) {
+fn warm_up(generation: &Generation, fetch: impl Fn(&crate::config::ResolvedCredential) -> bool) {
     let resolved = &generation.resolved;
     for (_, route) in resolved.routes() {
         if let Some(reason) = route.disabled() {
@@ -339,7 +345,7 @@ fn warm_up(generation: &Generation, fetch: impl Fn(&str) -> bool) {
         }
     }
     for (index, credential) in resolved.credentials.iter().enumerate() {
-        if resolved.unused_reason(index).is_some() || !fetch(&credential.name) {
+        if resolved.unused_reason(index).is_some() || !fetch(credential) {
             continue;
         }
         let cached = Arc::clone(&credential.cached);
@@ -377,6 +383,39 @@ fn warm_up(generation: &Generation, fetch: impl Fn(&str) -> bool) {
             }
         });
     }
+}
+
+/// Fetches, in the background, every credential an enabled route uses that holds no value
+/// (its first fetch failed, or a rejection emptied it and the refetch failed), so that a
+/// replica kept out of a load balancer by `/readyz` becomes ready by itself once the
+/// source recovers, without a request having to arrive first. Backs off from 5 s to 60 s
+/// while something is missing.
+fn keep_fetching(current: Current) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_secs(5);
+        loop {
+            tokio::time::sleep(pause).await;
+            let generation = current.load_full();
+            let resolved = &generation.resolved;
+            let missing: Vec<_> = resolved
+                .credentials
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| resolved.unused_reason(*i).is_none() && c.cached.peek().is_none())
+                .map(|(_, c)| Arc::clone(&c.cached))
+                .collect();
+            if missing.is_empty() {
+                pause = Duration::from_secs(5);
+                continue;
+            }
+            for cached in missing {
+                if cached.get().await.is_ok() {
+                    tracing::info!(credential = %cached.name(), "credential ready");
+                }
+            }
+            pause = (pause * 2).min(Duration::from_secs(60));
+        }
+    });
 }
 
 /// The user signals would otherwise kill the process mid-stream; they are logged instead.

@@ -53,9 +53,20 @@ impl Egress {
     }
 }
 
-/// A proxy URL credproxy can use: `http://[user:password@]host[:port]`.
+/// A proxy URL as curl reads it: without a scheme it is `http://`.
+pub fn normalise(text: &str) -> String {
+    let text = text.trim();
+    if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    }
+}
+
+/// A proxy URL credproxy can use: `http://[user:password@]host[:port]` (the scheme may be
+/// left out). Messages never repeat the URL: it may hold a password.
 pub fn check_proxy_url(text: &str) -> Result<(), (String, String)> {
-    let uri: Uri = text.trim().parse().map_err(|_| {
+    let uri: Uri = normalise(text).parse().map_err(|_| {
         (
             "the egress proxy is not a URL".to_string(),
             "write it as \"http://proxy.example.com:3128\" (with \"user:password@\" before the host if it asks for a login)".to_string(),
@@ -68,7 +79,10 @@ pub fn check_proxy_url(text: &str) -> Result<(), (String, String)> {
             "write the proxy as http://HOST:PORT; the upstream traffic inside the tunnel is still TLS".to_string(),
         )),
         _ => Err((
-            format!("`{}` is not an http:// proxy URL", text.trim()),
+            format!(
+                "the egress proxy's scheme `{}` is not supported (only http:// proxies are)",
+                uri.scheme_str().unwrap_or("")
+            ),
             "write it as \"http://proxy.example.com:3128\"".to_string(),
         )),
     }
@@ -92,31 +106,34 @@ pub fn resolve(
         no_proxy.join(",")
     };
     if let Some(proxy) = proxy {
+        let proxy = Secret::new(normalise(proxy.expose()));
         return Ok(Some(Egress {
             https: Some(proxy.clone()),
-            http: Some(proxy.clone()),
+            http: Some(proxy),
             no_proxy: rules,
             origin: "egress_proxy",
         }));
     }
-    let all = env.first(&["ALL_PROXY", "all_proxy"]);
-    let https = env.first(&["HTTPS_PROXY", "https_proxy"]).or(all);
-    let http = env.first(&["HTTP_PROXY", "http_proxy"]).or(all);
+    // ALL_PROXY is often a SOCKS proxy for other tools: used only when it is usable.
+    let all = env
+        .first(&["ALL_PROXY", "all_proxy"])
+        .filter(|v| check_proxy_url(v).is_ok());
+    let https = env.first(&["HTTPS_PROXY", "https_proxy"]);
+    let http = env.first(&["HTTP_PROXY", "http_proxy"]);
     for (name, value) in [("HTTPS_PROXY", https), ("HTTP_PROXY", http)] {
         if let Some(value) = value
             && let Err((message, _)) = check_proxy_url(value)
         {
-            return Err(format!(
-                "{name} (or its lower-case form / ALL_PROXY): {message}"
-            ));
+            return Err(format!("{name} (or its lower-case form): {message}"));
         }
     }
+    let (https, http) = (https.or(all), http.or(all));
     if https.is_none() && http.is_none() {
         return Ok(None);
     }
     Ok(Some(Egress {
-        https: https.map(Secret::new),
-        http: http.map(Secret::new),
+        https: https.map(|v| Secret::new(normalise(v))),
+        http: http.map(|v| Secret::new(normalise(v))),
         no_proxy: rules,
         origin: "environment",
     }))
@@ -162,12 +179,18 @@ mod tests {
             "http://lower:3128"
         );
         assert_eq!(resolve(None, &[], &Environment::default()).unwrap(), None);
-        let broken = Environment::from_pairs([("HTTPS_PROXY", "socks5://x:1")]);
+        let broken = Environment::from_pairs([("HTTPS_PROXY", "socks5://user:pw@x:1")]);
+        let error = resolve(None, &[], &broken).unwrap_err();
         assert!(
-            resolve(None, &[], &broken)
-                .unwrap_err()
-                .contains("HTTPS_PROXY")
+            error.contains("HTTPS_PROXY") && !error.contains("pw"),
+            "{error}"
         );
+        // curl's reading: no scheme is http; a SOCKS ALL_PROXY is left to other tools.
+        let bare =
+            Environment::from_pairs([("HTTPS_PROXY", "proxy:3128"), ("ALL_PROXY", "socks5://s:1")]);
+        let egress = resolve(None, &[], &bare).unwrap().unwrap();
+        assert_eq!(egress.https.unwrap().expose(), "http://proxy:3128");
+        assert_eq!(egress.http, None);
         assert!(check_proxy_url("https://proxy:3128").is_err());
     }
 }

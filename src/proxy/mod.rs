@@ -115,15 +115,18 @@ struct Attempt {
 }
 
 impl Proxy {
+    /// `previous`: the proxy this one replaces on a reload, whose routes' in-flight slots
+    /// carry over.
     pub fn new(
         shared: Arc<Shared>,
         resolved: &Resolved,
         routes: Vec<ResolvedRoute>,
         bound: SocketAddr,
+        previous: Option<&Proxy>,
     ) -> Self {
         Proxy {
             shared,
-            routes: RouteTable::new(routes),
+            routes: RouteTable::inheriting(routes, previous.map(|p| &p.routes)),
             guard: Guard::new(resolved.config.guard.clone(), bound),
         }
     }

@@ -30,7 +30,14 @@ pub struct Entry {
 }
 
 impl RouteTable {
-    pub fn new(mut routes: Vec<Route>) -> Self {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self::inheriting(routes, None)
+    }
+
+    /// A table whose routes take over the in-flight slots of `previous`'s routes with the
+    /// same prefix and limit, so a reload does not admit a second `max_in_flight` while
+    /// the first generation's streams still run.
+    pub fn inheriting(mut routes: Vec<Route>, previous: Option<&RouteTable>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let prefixes = routes
             .iter()
@@ -39,9 +46,20 @@ impl RouteTable {
             .join(", ");
         let entries = routes
             .into_iter()
-            .map(|route| Entry {
-                slots: Arc::new(Semaphore::new(route.max_in_flight)),
-                route,
+            .map(|route| {
+                let kept = previous.and_then(|p| {
+                    p.entries
+                        .iter()
+                        .find(|e| {
+                            e.route.prefix == route.prefix
+                                && e.route.max_in_flight == route.max_in_flight
+                        })
+                        .map(|e| Arc::clone(&e.slots))
+                });
+                Entry {
+                    slots: kept.unwrap_or_else(|| Arc::new(Semaphore::new(route.max_in_flight))),
+                    route,
+                }
             })
             .collect();
         RouteTable { entries, prefixes }

@@ -135,6 +135,13 @@ impl Server {
         );
     }
 
+    /// What serves `key` now.
+    pub fn proxy(&self, key: SocketAddr) -> Option<Arc<Proxy>> {
+        self.listeners
+            .get(&key)
+            .map(|listening| listening.serving.proxy.load_full())
+    }
+
     /// The addresses (as configured) being served.
     pub fn addresses(&self) -> Vec<SocketAddr> {
         self.listeners.keys().copied().collect()

@@ -91,13 +91,18 @@ credential = "late"
         "a value reached /status"
     );
 
-    // The credential becomes available: a request fetches it, and the process is ready.
+    // The source recovers: credproxy fetches again by itself (no request needed) and the
+    // process becomes ready.
     scratch.write("late-key", "good-key-123");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while get(&proxy.admin_url("/readyz").await).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
         post(&proxy.url("/late/v1/messages"), "{}").await.status,
         200
     );
-    assert_eq!(get(&proxy.admin_url("/readyz").await).await.status, 200);
 
     // Metrics count what was sent.
     for _ in 0..3 {
@@ -285,9 +290,17 @@ credential = "key"
 
     // The watcher may also have seen the files the signals loaded: at least these.
     let metrics = get(&proxy.admin_url("/metrics").await).await.text();
-    let applied = metric(&metrics, "credproxy_config_reloads_total", &["result=\"applied\""]);
+    let applied = metric(
+        &metrics,
+        "credproxy_config_reloads_total",
+        &["result=\"applied\""],
+    );
     assert!(applied.is_some_and(|n| n >= 2.0), "{metrics}");
-    let rejected = metric(&metrics, "credproxy_config_reloads_total", &["result=\"rejected\""]);
+    let rejected = metric(
+        &metrics,
+        "credproxy_config_reloads_total",
+        &["result=\"rejected\""],
+    );
     assert!(rejected.is_some_and(|n| n >= 1.0), "{metrics}");
     assert_eq!(scratch.lines("runs"), 1);
 }
