@@ -305,9 +305,71 @@ fn caller_validation(c: &mut Criterion) {
     drop(dir);
 }
 
+/// What a translating route adds: rewriting a request (JSON parse, edit, serialise) and
+/// turning one Bedrock event-stream frame into one SSE event. Compare with
+/// `strip_client_headers_and_inject_x_api_key`, which every route pays.
+fn translation(c: &mut Criterion) {
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::{Header, HeaderValue as EventHeaderValue, Message};
+    use base64::Engine;
+    use credproxy::config::translate::TranslateTo;
+    use credproxy::proxy::translate::eventstream::EventStreamToSse;
+    use credproxy::proxy::translate::{Translation, plan};
+
+    let bedrock = Translation {
+        to: TranslateTo::Bedrock,
+        models: vec![(
+            "claude-sonnet-4-5".into(),
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0".into(),
+        )],
+        project: None,
+        region: None,
+    };
+    let text = "x".repeat(8000);
+    let body = Bytes::from(
+        serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": true,
+            "messages": [{"role": "user", "content": text}]})
+        .to_string(),
+    );
+    let headers = client_headers();
+    c.bench_function("translate_bedrock_messages_request_8kib", |b| {
+        b.iter(|| {
+            let mut headers = headers.clone();
+            plan(
+                &bedrock,
+                &http::Method::POST,
+                "/v1/messages",
+                &mut headers,
+                &body,
+            )
+            .unwrap()
+        })
+    });
+    let event = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello, world"}}"#;
+    let payload =
+        serde_json::json!({"bytes": base64::engine::general_purpose::STANDARD.encode(event)});
+    let mut message = Message::new(serde_json::to_vec(&payload).unwrap());
+    for (name, value) in [
+        (":event-type", "chunk"),
+        (":content-type", "application/json"),
+        (":message-type", "event"),
+    ] {
+        message = message.add_header(Header::new(
+            name,
+            EventHeaderValue::String(value.to_string().into()),
+        ));
+    }
+    let mut frame = Vec::new();
+    write_message_to(&message, &mut frame).unwrap();
+    let mut decoder = EventStreamToSse::new();
+    c.bench_function("translate_bedrock_stream_event", |b| {
+        b.iter(|| decoder.feed(std::hint::black_box(&frame)))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = route_match, strip_and_inject, signing, caller_validation
+    targets = route_match, strip_and_inject, signing, caller_validation, translation
 }
 criterion_main!(benches);
