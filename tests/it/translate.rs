@@ -84,6 +84,14 @@ models = {{ "claude-sonnet-4-5" = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
     )
 }
 
+/// credproxy with the Bedrock translating route and static AWS keys.
+fn start_bedrock(scratch: &Scratch, upstream: &FakeUpstream) -> Running {
+    credproxy(scratch, &bedrock_config(&upstream.url()))
+        .env("AWS_ACCESS_KEY_ID", AKID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .start()
+}
+
 async fn post_json(url: &str, body: Value, beta: Option<&str>) -> Answer {
     let mut request = Request::post(url)
         .header("content-type", "application/json")
@@ -138,10 +146,7 @@ async fn bedrock_streams_as_anthropic_sse_event_by_event_with_verified_signature
     })
     .await;
     let scratch = Scratch::new();
-    let proxy = credproxy(&scratch, &bedrock_config(&upstream.url()))
-        .env("AWS_ACCESS_KEY_ID", AKID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .start();
+    let proxy = start_bedrock(&scratch, &upstream);
     let base = proxy.url("/anthropic-on-bedrock");
 
     // Streaming: each event reaches the client before the fake sends the next frame.
@@ -268,10 +273,7 @@ async fn bedrock_errors_and_exception_frames_become_anthropic_errors() {
     })
     .await;
     let scratch = Scratch::new();
-    let proxy = credproxy(&scratch, &bedrock_config(&upstream.url()))
-        .env("AWS_ACCESS_KEY_ID", AKID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .start();
+    let proxy = start_bedrock(&scratch, &upstream);
     let base = proxy.url("/anthropic-on-bedrock");
     let answer = post_json(
         &format!("{base}/v1/messages"),
@@ -444,10 +446,7 @@ async fn an_expired_token_answer_to_a_translated_request_refreshes_and_replays_o
     })
     .await;
     let scratch = Scratch::new();
-    let proxy = credproxy(&scratch, &bedrock_config(&upstream.url()))
-        .env("AWS_ACCESS_KEY_ID", AKID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .start();
+    let proxy = start_bedrock(&scratch, &upstream);
     let answer = post_json(
         &proxy.url("/anthropic-on-bedrock/v1/messages"),
         json!({"model":"claude-sonnet-4-5","max_tokens":8,"messages":[]}),
