@@ -25,12 +25,12 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
 use crate::config::egress::Egress;
 use crate::config::{Limits, Resolved, TlsFiles};
+use crate::files::{read_chain, read_key};
 
 pub type UpstreamClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
 
@@ -84,11 +84,7 @@ pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
     let extra = match ca_file {
         None => Vec::new(),
         Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("ca_file {} is not PEM: {e}", path.display()))?;
+            let certs = read_chain(path, "ca_file")?;
             let found = certs.len();
             // One certificate the verifier cannot use must not cost the others (or the
             // system's roots): skip it and say so.
@@ -161,26 +157,10 @@ pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
 fn identity(
     files: &TlsFiles,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let read = |path: &Path, what: &str| {
-        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
-    };
-    let pem = read(&files.cert, "client_cert")?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("client_cert {} is not PEM: {e}", files.cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "client_cert {} holds no certificate",
-            files.cert.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&read(&files.key, "client_key")?).map_err(|e| {
-        format!(
-            "client_key {} holds no private key: {e}",
-            files.key.display()
-        )
-    })?;
-    Ok((chain, key))
+    Ok((
+        read_chain(&files.cert, "client_cert")?,
+        read_key(&files.key, "client_key")?,
+    ))
 }
 
 /// Opens TCP connections directly, or through the egress proxy with `CONNECT` when the

@@ -13,6 +13,7 @@
 //! Bottom first; a module uses only modules above it in this list (`tests/it/layers.rs`
 //! checks it), so there is no import cycle.
 //! - [`failure`]: who must act on an error ([`failure::Side`]) and how a cause chain reads.
+//! - [`files`]: PEM certificates and keys, and the stamp that tells a file changed.
 //! - [`headers`]: which headers cross the proxy (hop-by-hop, client credentials).
 //! - [`upstream`]: an upstream base URL, checked.
 //! - [`fields`]: reading TOML with every value's line and column; every problem collected.
@@ -47,6 +48,7 @@ pub mod config;
 pub mod credentials;
 pub mod failure;
 pub mod fields;
+pub mod files;
 pub mod headers;
 pub mod kinds;
 pub mod proxy;

@@ -345,6 +345,13 @@ async fn status(resolved: &Resolved) -> ExitCode {
     }
     match credproxy::app::admin::fetch_status(addr).await {
         Ok(status) => {
+            let ours = resolved.config.origin.display_name();
+            if status["config"]["origin"].as_str() != Some(ours.as_str()) {
+                eprintln!(
+                    "credproxy: warning: the process at {addr} runs {}, not {ours}",
+                    status["config"]["origin"]
+                );
+            }
             print!("{}", cli::format_status(&status));
             let failing = status["credentials"]
                 .as_array()

@@ -170,7 +170,9 @@ fn status(generation: &super::Generation) -> Value {
                     Err(past) => -(past.duration().as_secs() as i64),
                 }
             });
-            let state = if value.is_some() {
+            let state = if expires_in.is_some_and(|left| left <= 0) {
+                "expired"
+            } else if value.is_some() {
                 "ready"
             } else if stats.last_error.is_some() {
                 "failing"

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -88,7 +88,7 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
     keep_fetching(Arc::clone(&current));
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
     watch_hangup(reload_tx.clone());
-    if let Some(path) = config_file(config_path.as_deref()) {
+    if let Some(path) = Config::file(config_path.as_deref()) {
         watch_file(path, Arc::clone(&current), reload_tx);
     }
     let shutdown = shutdown_signal();
@@ -265,16 +265,6 @@ fn warn_restart_only(before: &Resolved, after: &Resolved) {
     }
 }
 
-/// The file a reload reads: `--config`, else `$CREDPROXY_CONFIG`; none for the embedded
-/// default.
-fn config_file(explicit: Option<&std::path::Path>) -> Option<PathBuf> {
-    explicit.map(PathBuf::from).or_else(|| {
-        std::env::var_os("CREDPROXY_CONFIG")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    })
-}
-
 fn watch_hangup(reloads: mpsc::Sender<&'static str>) {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::hangup()) {
@@ -294,15 +284,12 @@ fn watch_hangup(reloads: mpsc::Sender<&'static str>) {
 
 /// Polls the config file (size, modification time, inode: editors that replace the file
 /// and Kubernetes' symlink swaps are both seen) while `watch_config` is on in the current
-/// generation.
+/// generation; a change is acted on once the file has stopped changing.
 fn watch_file(path: PathBuf, current: Current, reloads: mpsc::Sender<&'static str>) {
     tokio::spawn(async move {
-        use std::os::unix::fs::MetadataExt;
-        let stamp = |path: &PathBuf| -> Option<(u64, SystemTime, u64)> {
-            let meta = std::fs::metadata(path).ok()?;
-            Some((meta.len(), meta.modified().ok()?, meta.ino()))
-        };
+        let stamp = |path: &PathBuf| crate::files::stamp(path);
         let mut seen = stamp(&path);
+        let mut changing = None;
         let mut ticker = tokio::time::interval(WATCH_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -311,7 +298,14 @@ fn watch_file(path: PathBuf, current: Current, reloads: mpsc::Sender<&'static st
             if now == seen {
                 continue;
             }
+            // Wait until the file stays the same for one tick: an editor that truncates
+            // and then writes must not cause a reload of the half-written file.
+            if changing != Some(now) {
+                changing = Some(now);
+                continue;
+            }
             seen = now;
+            changing = None;
             if current.load().resolved.config.watch_config {
                 tracing::info!(target: "credproxy::reload", file = %path.display(),
                     "the config file changed: reloading");

@@ -216,13 +216,18 @@ impl Config {
         validate::validate(text, origin)
     }
 
+    /// The file the config comes from: `--config PATH`, else `$CREDPROXY_CONFIG`; `None`
+    /// for the embedded default.
+    pub fn file(explicit: Option<&Path>) -> Option<PathBuf> {
+        let from_env = std::env::var_os("CREDPROXY_CONFIG").filter(|v| !v.is_empty());
+        explicit
+            .map(Path::to_path_buf)
+            .or(from_env.map(PathBuf::from))
+    }
+
     /// Reads `--config PATH`, else `$CREDPROXY_CONFIG`, else the embedded default.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let from_env = std::env::var_os("CREDPROXY_CONFIG").filter(|v| !v.is_empty());
-        let path = explicit
-            .map(Path::to_path_buf)
-            .or(from_env.map(PathBuf::from));
-        match path {
+        match Config::file(explicit) {
             None => Config::parse(EMBEDDED_DEFAULT, ConfigOrigin::Embedded),
             Some(path) => {
                 let one = |line, column, message: String, hint: &str| ConfigError {

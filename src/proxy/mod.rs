@@ -489,11 +489,15 @@ impl Proxy {
             upstream: route.upstream_text(),
             waited,
         };
-        let client = route
-            .identity
-            .as_ref()
-            .and_then(|files| self.shared.identity_clients.get(files))
-            .unwrap_or(&self.shared.client);
+        let client = match &route.identity {
+            None => &self.shared.client,
+            // Built with the generation for every route that names one.
+            Some(files) => self
+                .shared
+                .identity_clients
+                .get(files)
+                .expect("a client for every route's client certificate"),
+        };
         match tokio::time::timeout(waited, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) if is_timeout(&error) => Err(timeout()),

@@ -7,19 +7,17 @@
 //! `stat` calls per interval. A pair that does not load (half-written, key not matching the
 //! certificate) is logged and the previous one kept; the next change is tried again.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
+use crate::files::{read_chain, read_key, stamp};
 
 /// How often the certificate files are checked for a change.
 pub const POLL_EVERY: Duration = Duration::from_secs(2);
@@ -35,15 +33,6 @@ impl ResolvesServerCert for Certificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
-}
-
-/// What identifies one version of a file without reading it.
-type Stamp = Option<(u64, SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()?, meta.ino()))
 }
 
 impl Certificate {
@@ -112,8 +101,8 @@ impl Certificate {
 }
 
 fn certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
-    let chain = read_chain(&files.cert)?;
-    let key = read_key(&files.key)?;
+    let chain = read_chain(&files.cert, "tls_cert")?;
+    let key = read_key(&files.key, "tls_key")?;
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider.key_provider.load_private_key(key).map_err(|e| {
         format!(
@@ -130,30 +119,4 @@ fn certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
         )
     })?;
     Ok(certified)
-}
-
-fn read_chain(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read tls_cert {}: {e}", path.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls_cert {} is not PEM: {e}", path.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "tls_cert {} holds no certificate (a PEM `CERTIFICATE` block)",
-            path.display()
-        ));
-    }
-    Ok(chain)
-}
-
-fn read_key(path: &PathBuf) -> Result<PrivateKeyDer<'static>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("cannot read tls_key {}: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        format!(
-            "tls_key {} holds no private key (PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`): {e}",
-            path.display()
-        )
-    })
 }
