@@ -309,9 +309,6 @@ fn caller_validation(c: &mut Criterion) {
 /// turning one Bedrock event-stream frame into one SSE event. Compare with
 /// `strip_client_headers_and_inject_x_api_key`, which every route pays.
 fn translation(c: &mut Criterion) {
-    use aws_smithy_eventstream::frame::write_message_to;
-    use aws_smithy_types::event_stream::{Header, HeaderValue as EventHeaderValue, Message};
-    use base64::Engine;
     use credproxy::config::translate::TranslateTo;
     use credproxy::proxy::translate::eventstream::EventStreamToSse;
     use credproxy::proxy::translate::{Translation, plan};
@@ -346,21 +343,7 @@ fn translation(c: &mut Criterion) {
         })
     });
     let event = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello, world"}}"#;
-    let payload =
-        serde_json::json!({"bytes": base64::engine::general_purpose::STANDARD.encode(event)});
-    let mut message = Message::new(serde_json::to_vec(&payload).unwrap());
-    for (name, value) in [
-        (":event-type", "chunk"),
-        (":content-type", "application/json"),
-        (":message-type", "event"),
-    ] {
-        message = message.add_header(Header::new(
-            name,
-            EventHeaderValue::String(value.to_string().into()),
-        ));
-    }
-    let mut frame = Vec::new();
-    write_message_to(&message, &mut frame).unwrap();
+    let frame = credproxy::proxy::translate::eventstream::encode_chunk(event);
     let mut decoder = EventStreamToSse::new();
     c.bench_function("translate_bedrock_stream_event", |b| {
         b.iter(|| decoder.feed(std::hint::black_box(&frame)))

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use aws_smithy_eventstream::frame::write_message_to;
-use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use base64::Engine;
 use bytes::Bytes;
+use credproxy::proxy::translate::eventstream;
 use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -43,28 +42,11 @@ fn anthropic_sse(events: &[&str]) -> String {
 }
 
 fn frame(headers: &[(&'static str, &str)], payload: Vec<u8>) -> Bytes {
-    let mut message = Message::new(payload);
-    for (name, value) in headers {
-        message = message.add_header(Header::new(
-            *name,
-            HeaderValue::String(value.to_string().into()),
-        ));
-    }
-    let mut out = Vec::new();
-    write_message_to(&message, &mut out).unwrap();
-    Bytes::from(out)
+    Bytes::from(eventstream::encode_frame(headers, payload))
 }
 
 fn chunk(event: &str) -> Bytes {
-    let payload = json!({"bytes": base64::engine::general_purpose::STANDARD.encode(event)});
-    frame(
-        &[
-            (":event-type", "chunk"),
-            (":content-type", "application/json"),
-            (":message-type", "event"),
-        ],
-        serde_json::to_vec(&payload).unwrap(),
-    )
+    Bytes::from(eventstream::encode_chunk(event))
 }
 
 fn bedrock_config(upstream: &str) -> String {

@@ -163,37 +163,50 @@ fn sse(out: &mut Vec<u8>, event: &str, data: &[u8]) {
     out.push(b'\n');
 }
 
+/// One event-stream frame with string headers: what Bedrock sends (fakes, tests and the
+/// benchmark build their streams with it).
+#[doc(hidden)]
+pub fn encode_frame(headers: &[(&'static str, &str)], payload: Vec<u8>) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue};
+    let mut message = Message::new(payload);
+    for (name, value) in headers {
+        message = message.add_header(Header::new(
+            *name,
+            HeaderValue::String(value.to_string().into()),
+        ));
+    }
+    let mut out = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut out)
+        .expect("a frame of string headers encodes");
+    out
+}
+
+/// Bedrock's `chunk` frame carrying one Anthropic stream event.
+#[doc(hidden)]
+pub fn encode_chunk(event: &str) -> Vec<u8> {
+    let payload = serde_json::json!({
+        "bytes": base64::engine::general_purpose::STANDARD.encode(event)
+    });
+    encode_frame(
+        &[
+            (":event-type", "chunk"),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        serde_json::to_vec(&payload).expect("JSON"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_smithy_eventstream::frame::write_message_to;
-    use aws_smithy_types::event_stream::{Header, HeaderValue};
 
     fn frame(headers: &[(&'static str, &str)], payload: Vec<u8>) -> Vec<u8> {
-        let mut message = Message::new(payload);
-        for (name, value) in headers {
-            message = message.add_header(Header::new(
-                *name,
-                HeaderValue::String(value.to_string().into()),
-            ));
-        }
-        let mut out = Vec::new();
-        write_message_to(&message, &mut out).unwrap();
-        out
+        encode_frame(headers, payload)
     }
 
     fn chunk(event: &str) -> Vec<u8> {
-        let payload = serde_json::json!({
-            "bytes": base64::engine::general_purpose::STANDARD.encode(event)
-        });
-        frame(
-            &[
-                (":event-type", "chunk"),
-                (":content-type", "application/json"),
-                (":message-type", "event"),
-            ],
-            serde_json::to_vec(&payload).unwrap(),
-        )
+        encode_chunk(event)
     }
 
     #[test]
