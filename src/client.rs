@@ -7,6 +7,9 @@
 //! their buffers behind. Connections go through the egress proxy when one applies
 //! ([`Connector`]); a route with `client_cert`/`client_key` gets a client of its own that
 //! presents that certificate (upstream mTLS).
+//!
+//! Every serving worker has a pool of its own ([`Clients`]): an upstream connection is
+//! opened, driven and reused by the one thread whose requests use it.
 
 use std::future::Future;
 use std::path::Path;
@@ -58,28 +61,79 @@ impl<'a> Settings<'a> {
     }
 }
 
-/// Builds the shared client. Fails on an unreadable `ca_file` or an egress proxy URL in
-/// the environment that does not parse; a machine without system roots gets a warning
-/// (https upstreams will then fail with a certificate error).
-pub fn build(resolved: &Resolved) -> Result<UpstreamClient, String> {
-    with_settings(&Settings::of(resolved)?)
+/// One client per serving worker, all with the same settings; each request uses its own
+/// worker's, so an upstream connection never serves two threads. The idle connections
+/// kept (`pool_max_idle_per_host`) are shared out between the workers' pools.
+#[derive(Debug, Clone)]
+pub struct Clients(Arc<[UpstreamClient]>);
+
+impl Clients {
+    /// The clients for a config. Fails on an unreadable `ca_file` or an egress proxy URL in
+    /// the environment that does not parse; a machine without system roots gets a warning
+    /// (https upstreams will then fail with a certificate error).
+    pub fn build(resolved: &Resolved) -> Result<Self, String> {
+        Self::with_settings(
+            &Settings::of(resolved)?,
+            crate::runtime::worker_count(resolved.config.workers),
+        )
+    }
+
+    /// The clients for a route that presents a client certificate.
+    pub fn with_identity(resolved: &Resolved, identity: &TlsFiles) -> Result<Self, String> {
+        Self::with_settings(
+            &Settings {
+                identity: Some(identity),
+                ..Settings::of(resolved)?
+            },
+            crate::runtime::worker_count(resolved.config.workers),
+        )
+    }
+
+    /// `workers` clients for explicit settings, sharing one TLS set-up.
+    pub fn with_settings(settings: &Settings, workers: usize) -> Result<Self, String> {
+        let workers = workers.max(1);
+        let connector = connector(settings)?;
+        let limits = &settings.limits;
+        let idle_per_worker = limits.pool_max_idle_per_host.div_ceil(workers);
+        Ok(Clients(
+            (0..workers)
+                .map(|_| pool(connector.clone(), limits, idle_per_worker))
+                .collect(),
+        ))
+    }
+
+    /// The client of the worker this runs on.
+    pub fn here(&self) -> &UpstreamClient {
+        &self.0[crate::runtime::worker_index() % self.0.len()]
+    }
 }
 
-/// The client for a route that presents a client certificate.
-pub fn build_with_identity(
-    resolved: &Resolved,
-    identity: &TlsFiles,
-) -> Result<UpstreamClient, String> {
-    with_settings(&Settings {
-        identity: Some(identity),
-        ..Settings::of(resolved)?
-    })
-}
-
-/// The client for explicit settings (benchmarks and tests build one without a config).
+/// A single client for explicit settings (benchmarks and tests build one without a config).
 pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
+    let connector = connector(settings)?;
+    Ok(pool(
+        connector,
+        &settings.limits,
+        settings.limits.pool_max_idle_per_host,
+    ))
+}
+
+fn pool(
+    connector: HttpsConnector<Connector>,
+    limits: &Limits,
+    max_idle_per_host: usize,
+) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(limits.pool_idle_timeout)
+        .pool_max_idle_per_host(max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// TLS (the roots, the client certificate) and how connections are opened.
+fn connector(settings: &Settings) -> Result<HttpsConnector<Connector>, String> {
     let ca_file = settings.ca_file;
-    let limits = &settings.limits;
     let connect_timeout = settings.connect_timeout;
     let extra = match ca_file {
         None => Vec::new(),
@@ -139,18 +193,12 @@ pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = HttpsConnectorBuilder::new()
+    Ok(HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(Connector::new(http, settings.egress));
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(limits.pool_idle_timeout)
-        .pool_max_idle_per_host(limits.pool_max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+        .wrap_connector(Connector::new(http, settings.egress)))
 }
 
 /// A client certificate chain and its key, from PEM files.

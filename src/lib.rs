@@ -12,6 +12,8 @@
 //! # Layout
 //! Bottom first; a module uses only modules above it in this list (`tests/it/layers.rs`
 //! checks it), so there is no import cycle.
+//! - [`runtime`]: where work runs — one serving thread per core, each with its own
+//!   upstream pool; slow and scheduled work on a background runtime.
 //! - [`failure`]: who must act on an error ([`failure::Side`]) and how a cause chain reads.
 //! - [`files`]: PEM certificates and keys, and the stamp that tells a file changed.
 //! - [`headers`]: which headers cross the proxy (hop-by-hop, client credentials).
@@ -52,6 +54,7 @@ pub mod files;
 pub mod headers;
 pub mod kinds;
 pub mod proxy;
+pub mod runtime;
 pub mod schemes;
 pub mod server;
 pub mod telemetry;

@@ -103,7 +103,10 @@ fn main() -> ExitCode {
     if cli::uses_keychain(&config) {
         let _ = keychain::platform_store();
     }
+    // The background runtime: start-up, the admin listener, accepting, credential fetches.
+    // Requests are served by the worker threads `app::run` starts (`crate::runtime`).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
@@ -294,12 +297,12 @@ async fn check(resolved: Resolved) -> ExitCode {
             if callers.jwt.is_some() { ", JWTs" } else { "" }
         );
         if callers.jwt.is_some() {
-            let checked = match credproxy::client::build(&resolved) {
-                Ok(client) => {
+            let checked = match credproxy::client::Clients::build(&resolved) {
+                Ok(clients) => {
                     let callers = credproxy::callers::Callers::new(
                         callers,
                         resolved.jwks_file.clone(),
-                        client,
+                        clients.here().clone(),
                     );
                     callers.prefetch_keys().await
                 }

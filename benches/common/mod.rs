@@ -271,7 +271,10 @@ impl Proxy {
                 runs.display()
             ),
         };
-        Self::with_source(dir, upstream, access_log, &source, "")
+        let workers = std::env::var("E2E_PROXY_WORKERS")
+            .map(|n| format!("workers = {n}"))
+            .unwrap_or_default();
+        Self::with_source(dir, upstream, access_log, &source, &workers)
     }
 
     /// credproxy whose credential takes its key as `source` says (`helper = ...`), with
@@ -302,9 +305,6 @@ impl Proxy {
             .arg(&config)
             .env_clear()
             .env("PATH", "/usr/bin:/bin");
-        if let Ok(workers) = std::env::var("E2E_PROXY_WORKERS") {
-            command.env("TOKIO_WORKER_THREADS", workers);
-        }
         let mut child = command
             .env("BENCH_KEY", KEY)
             .env("CREDPROXY_LOG", filter)

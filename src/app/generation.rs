@@ -64,7 +64,7 @@ impl Generation {
             Some(previous) if same_client_settings(&previous.resolved, &resolved) => {
                 previous.shared.client.clone()
             }
-            _ => crate::client::build(&resolved)?,
+            _ => crate::client::Clients::build(&resolved)?,
         };
         let callers = match (&resolved.config.callers, previous) {
             (None, _) => None,
@@ -78,7 +78,7 @@ impl Generation {
             (Some(config), _) => Some(Arc::new(Callers::new(
                 config,
                 resolved.jwks_file.clone(),
-                client.clone(),
+                client.here().clone(),
             ))),
         };
         let tls = match (&resolved.tls, previous) {
@@ -103,7 +103,7 @@ impl Generation {
             }
             // Built afresh on every reload: a reload is how a renewed client certificate
             // (same file names, new content) is picked up.
-            let client = crate::client::build_with_identity(&resolved, files)?;
+            let client = crate::client::Clients::with_identity(&resolved, files)?;
             identity_clients.insert(files.clone(), client);
         }
         let mut shared = Shared::new(&resolved, client, callers, Arc::clone(metrics));

@@ -26,6 +26,7 @@ pub use generation::Generation;
 
 use crate::config::{Config, Resolved};
 use crate::kinds::Environment;
+use crate::runtime::Workers;
 use crate::server::{Bound, Server};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ResultLabels;
@@ -56,7 +57,18 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         tracing::info!(target: "credproxy::server", egress = %egress.describe(),
             "upstream connections go through the egress proxy");
     }
-    let mut server = Server::new(&limits, Arc::clone(&metrics));
+    let workers = match Workers::start(
+        crate::runtime::worker_count(generation.resolved.config.workers),
+        tokio::runtime::Handle::current(),
+    ) {
+        Ok(workers) => Arc::new(workers),
+        Err(error) => {
+            eprintln!("credproxy: cannot start the serving threads: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::debug!(target: "credproxy::server", workers = workers.count(), "serving threads started");
+    let mut server = Server::new(&limits, Arc::clone(&metrics), workers);
     let mut bound: HashMap<SocketAddr, SocketAddr> = HashMap::new();
     let addrs: Vec<SocketAddr> = generation
         .resolved
@@ -258,6 +270,9 @@ fn warn_restart_only(before: &Resolved, after: &Resolved) {
     }
     if a.admin != b.admin {
         changed.push("admin_listen");
+    }
+    if a.workers != b.workers {
+        changed.push("workers");
     }
     if !changed.is_empty() {
         tracing::warn!(target: "credproxy::reload", settings = %changed.join(", "),

@@ -166,7 +166,7 @@ impl KeyStore {
                 {
                     let store = Arc::clone(self);
                     let stale = Arc::clone(&set);
-                    tokio::spawn(async move {
+                    crate::runtime::spawn_background(async move {
                         let _ = store.refresh(Some(&stale), Want::Fresh).await;
                         store
                             .refreshing

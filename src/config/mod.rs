@@ -92,6 +92,9 @@ pub struct Config {
     /// environment's `HTTPS_PROXY`/`HTTP_PROXY`, if any), and `no_proxy` exceptions.
     pub egress_proxy: Option<crate::credentials::Secret>,
     pub no_proxy: Vec<String>,
+    /// `workers`: serving threads, each with its own connections and upstream pool; 0
+    /// (the default) means one per CPU. Read at start only.
+    pub workers: usize,
 }
 
 /// The admin listener: never mixed with proxied routes.

@@ -152,6 +152,7 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         ),
         pool_idle_timeout,
     };
+    let workers = count("workers", 0..=1024, 0);
     let strip_headers = header_names(root, cx, "strip_headers");
     let callers = callers::read(root, cx, base_dir);
     let ca_file = root
@@ -189,6 +190,7 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         watch_config,
         egress_proxy,
         no_proxy,
+        workers,
     }
 }
 

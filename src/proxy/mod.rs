@@ -31,7 +31,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
 use crate::callers::Callers;
-pub use crate::client::UpstreamClient;
+pub use crate::client::{Clients, UpstreamClient};
 use crate::config::{Resolved, ResolvedRoute};
 use crate::credentials::{Cached, SharedCredential};
 use crate::headers;
@@ -56,7 +56,8 @@ pub struct Credential {
 /// State shared by every listener.
 #[derive(Debug)]
 pub struct Shared {
-    pub client: UpstreamClient,
+    /// One upstream client per serving worker.
+    pub client: Clients,
     /// Same order as the config's credentials; routes refer to them by index.
     pub credentials: Vec<Credential>,
     pub max_body: usize,
@@ -67,7 +68,7 @@ pub struct Shared {
     pub callers: Option<Arc<Callers>>,
     pub metrics: Arc<Metrics>,
     /// Clients that present a route's `client_cert` (upstream mTLS), by certificate files.
-    pub identity_clients: std::collections::HashMap<crate::config::TlsFiles, UpstreamClient>,
+    pub identity_clients: std::collections::HashMap<crate::config::TlsFiles, Clients>,
 }
 
 impl Shared {
@@ -75,7 +76,7 @@ impl Shared {
     /// provider's keys and the validated tokens when `[callers]` did not change.
     pub fn new(
         resolved: &Resolved,
-        client: UpstreamClient,
+        client: Clients,
         callers: Option<Arc<Callers>>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -161,8 +162,9 @@ impl Proxy {
         self.guard.check(&parts)?;
         let caller = match &self.shared.callers {
             Some(callers) => {
-                let caller = callers
-                    .authenticate(&parts.headers)
+                // Boxed: a first token may fetch the identity provider's keys, a large
+                // future that requests without callers should not carry.
+                let caller = Box::pin(callers.authenticate(&parts.headers))
                     .await
                     .map_err(|e| self.caller_error(ProxyError::Caller(e)))?;
                 log.caller = Some(Arc::clone(&caller.label));
@@ -490,13 +492,14 @@ impl Proxy {
             waited,
         };
         let client = match &route.identity {
-            None => &self.shared.client,
+            None => self.shared.client.here(),
             // Built with the generation for every route that names one.
             Some(files) => self
                 .shared
                 .identity_clients
                 .get(files)
-                .expect("a client for every route's client certificate"),
+                .expect("a client for every route's client certificate")
+                .here(),
         };
         match tokio::time::timeout(waited, client.request(request)).await {
             Ok(Ok(response)) => Ok(response),

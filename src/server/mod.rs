@@ -9,6 +9,8 @@
 //!   within `header_read_timeout` of its first byte, and a connection with no request in
 //!   flight is closed after `idle_timeout`. So idle or slow sockets are reaped, and when
 //!   file descriptors run out credproxy recovers by itself.
+//! - Listeners are accepted on the background runtime; each accepted connection is handed
+//!   to one serving worker ([`crate::runtime::Workers`], round robin) and lives there.
 //! - [`Server`] takes listeners that are already bound, so `main` binds where it likes
 //!   (`127.0.0.1:0` in tests) and learns the port before serving; a reload adds, changes
 //!   and closes listeners while the others keep serving.
@@ -34,6 +36,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::Limits;
 use crate::proxy::Proxy;
+use crate::runtime::Workers;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ListenerLabels;
 use connection::{Activity, Expired, Tracked, Watched};
@@ -60,6 +63,7 @@ struct Context {
     open: mpsc::Sender<()>,
     count: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    workers: Arc<Workers>,
 }
 
 /// What one listener serves now; each request reads it, so a reload takes effect at the
@@ -86,7 +90,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limits: &Limits, metrics: Arc<Metrics>, workers: Arc<Workers>) -> Self {
         let (open, all_closed) = mpsc::channel::<()>(1);
         let count = Arc::new(AtomicUsize::new(0));
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -104,6 +108,7 @@ impl Server {
                 open,
                 count: Arc::clone(&count),
                 metrics,
+                workers,
             }),
             all_closed,
             count,
@@ -255,11 +260,27 @@ async fn accept(
                 continue;
             }
         };
-        let context = Arc::clone(&context);
+        // The socket moves to the worker's own runtime.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "could not hand the connection to a worker");
+                continue;
+            }
+        };
+        let worker_context = Arc::clone(&context);
         let serving = Arc::clone(&serving);
         let stopped = stopped.clone();
         let open_here = open_here.clone();
-        tokio::spawn(async move {
+        context.workers.spawn(move || async move {
+            let context = worker_context;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "could not register the connection");
+                    return;
+                }
+            };
             let _ = stream.set_nodelay(true);
             open_here.inc();
             match serving.tls.load_full() {

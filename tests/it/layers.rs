@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A module may use the modules before it, never one after it.
 const LAYERS: &[&str] = &[
+    "runtime",
     "failure",
     "files",
     "headers",

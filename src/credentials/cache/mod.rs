@@ -117,11 +117,13 @@ impl Cached {
             if entry.refresh_at.is_some_and(|at| now >= at)
                 && !entry.refreshing.swap(true, Ordering::AcqRel)
             {
-                tokio::spawn(Arc::clone(self).refresh_ahead(Arc::clone(entry)));
+                crate::runtime::spawn_background(Arc::clone(self).refresh_ahead(Arc::clone(entry)));
             }
             return Ok(Arc::clone(&entry.credential));
         }
-        self.fetch_now().await
+        // Boxed: a source's fetch (cloud SDK calls) is a future of tens of KiB, which every
+        // request's future would otherwise carry, and copy, for this rare path.
+        Box::pin(self.fetch_now()).await
     }
 
     /// Called when an upstream rejected `failed`: drops it unless a newer value already
@@ -142,7 +144,7 @@ impl Cached {
             .map(|entry| Arc::clone(&entry.credential))
     }
 
-    async fn fetch_now(&self) -> Result<SharedCredential, Arc<SourceError>> {
+    async fn fetch_now(self: &Arc<Self>) -> Result<SharedCredential, Arc<SourceError>> {
         let seen = self.fetches.load(Ordering::Acquire);
         let _fetching = self.fetching.lock().await;
         // Another fetch may have finished while this request waited: its answer is ours.
@@ -164,7 +166,10 @@ impl Cached {
                 return Ok(Arc::clone(&entry.credential));
             }
         }
-        let entry = self.fetch_entry().await?;
+        // Sources run helpers and cloud SDK calls: on the background runtime, never on a
+        // serving worker.
+        let cell = Arc::clone(self);
+        let entry = crate::runtime::on_background(async move { cell.fetch_entry().await }).await?;
         let credential = Arc::clone(&entry.credential);
         self.current.store(Some(entry));
         Ok(credential)
