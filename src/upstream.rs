@@ -123,3 +123,25 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
+pub fn is_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && region.contains('-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+}
+
+/// `bedrock-runtime.us-east-1.amazonaws.com`, `bedrock.eu-west-3.amazonaws.com`,
+/// `vpce-1.bedrock-runtime.us-west-2.vpce.amazonaws.com` → the region label.
+pub fn region_from_host(host: &str) -> Option<&str> {
+    let name = host.split(':').next()?;
+    let rest = name
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| name.strip_suffix(".amazonaws.com.cn"))?;
+    rest.rsplit('.')
+        .find(|label| is_region(label) && label.matches('-').count() >= 2)
+}

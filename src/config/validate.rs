@@ -318,13 +318,14 @@ fn credentials(
 ) -> (Vec<CredentialConfig>, HashMap<String, Option<usize>>) {
     let mut list = Vec::new();
     let mut index = HashMap::new();
+    let embedded = matches!(origin, ConfigOrigin::Embedded);
     for (name, mut table) in root.named_tables(cx, "credentials") {
         let name = name.into_inner();
         let at = ReadContext {
             name: &name,
             base_dir: origin.base_dir(),
         };
-        match credential(&mut table, cx, &at) {
+        match credential(&mut table, cx, &at, embedded) {
             Some(spec) => {
                 index.insert(name.clone(), Some(list.len()));
                 list.push(CredentialConfig {
@@ -340,10 +341,13 @@ fn credentials(
     (list, index)
 }
 
+/// `embedded`: the embedded default, whose credentials of a kind this build lacks are
+/// left out (with their routes) rather than reported.
 fn credential(
     table: &mut Table,
     cx: &mut Checker,
     at: &ReadContext,
+    embedded: bool,
 ) -> Option<Box<dyn kinds::Spec>> {
     let name = at.name;
     let Some(kind_text) = table.string(cx, "kind") else {
@@ -356,6 +360,24 @@ fn credential(
         }
         return None;
     };
+    if let Some((kind, feature)) = kinds::ABSENT
+        .iter()
+        .find(|(kind, _)| *kind == kind_text.get_ref())
+    {
+        // The embedded default names every cloud; a build without one serves the rest.
+        if !embedded {
+            cx.report(
+                kind_text.span(),
+                format!(
+                    "credential `{name}` has kind `{kind}`, which this build of credproxy was compiled without"
+                ),
+                format!(
+                    "use a build with the `{feature}` feature (the default build has it: `cargo build --release --locked`), or remove [credentials.{name}] and its routes"
+                ),
+            );
+        }
+        return None;
+    }
     let Some(kind) = kinds::find(kind_text.get_ref()) else {
         cx.report(
             kind_text.span(),
@@ -643,3 +665,7 @@ fn upstream(
 
 #[cfg(test)]
 mod tests;
+
+/// What a build without a cloud feature does with that cloud's kinds.
+#[cfg(all(test, not(feature = "aws")))]
+mod absent_tests;

@@ -144,18 +144,6 @@ pub async fn profile_region(profile: &str, config_file: PathBuf) -> Option<Strin
         .map(|r| r.to_string())
 }
 
-/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
-pub fn is_region(region: &str) -> bool {
-    !region.is_empty()
-        && region.len() <= 32
-        && region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && region.contains('-')
-        && !region.starts_with('-')
-        && !region.ends_with('-')
-}
-
 /// Which link of the chain answered, from the feature marks aws-config leaves on credentials.
 fn link(credentials: &Credentials) -> Option<String> {
     let features = credentials.get_property::<Vec<AwsCredentialFeature>>()?;

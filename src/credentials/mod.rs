@@ -8,9 +8,12 @@
 //! background), and after an upstream said the value went bad.
 
 pub mod acs;
+#[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
 pub mod azure;
 pub mod cache;
+#[cfg(feature = "google")]
 pub mod google;
 pub mod helper;
 pub mod keychain;
@@ -23,9 +26,12 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 
 pub use acs::AcsKey;
+#[cfg(feature = "aws")]
 pub use aws::{AwsChain, AwsMaterial};
+#[cfg(feature = "azure")]
 pub use azure::AzureChain;
 pub use cache::Cached;
+#[cfg(feature = "google")]
 pub use google::GoogleChain;
 pub use helper::Helper;
 pub use keychain::{Keychain, KeychainItem};
@@ -46,6 +52,7 @@ pub struct Credential {
 #[derive(Debug, Clone)]
 pub enum Material {
     Token(Token),
+    #[cfg(feature = "aws")]
     Aws(AwsMaterial),
     AcsKey(AcsKey),
 }
@@ -101,6 +108,7 @@ impl Material {
     pub fn secrets(&self) -> Vec<&str> {
         match self {
             Material::Token(token) => vec![token.secret().expose()],
+            #[cfg(feature = "aws")]
             Material::Aws(aws) => {
                 let mut secrets = vec![aws.credentials.secret_access_key()];
                 secrets.extend(aws.credentials.session_token());
@@ -232,8 +240,11 @@ pub enum Source {
     Helper(Helper),
     Keychain(Keychain),
     /// Boxed: the loaded chain is large and there is one per credential, not per request.
+    #[cfg(feature = "aws")]
     Aws(Box<AwsChain>),
+    #[cfg(feature = "google")]
     Google(GoogleChain),
+    #[cfg(feature = "azure")]
     Azure(AzureChain),
     /// A key source whose output is an ACS connection string or access key.
     Acs(Box<Source>),
@@ -247,8 +258,11 @@ impl Source {
             Source::Static(source) => source.fetch().await,
             Source::Helper(source) => source.fetch().await,
             Source::Keychain(source) => source.fetch().await,
+            #[cfg(feature = "aws")]
             Source::Aws(source) => source.fetch().await,
+            #[cfg(feature = "google")]
             Source::Google(source) => source.fetch().await,
+            #[cfg(feature = "azure")]
             Source::Azure(source) => source.fetch().await,
             Source::Acs(inner) => Box::pin(inner.fetch()).await.and_then(acs::from_key),
             Source::Unavailable(why) => Err(SourceError::not_configured(why.clone())),
@@ -262,8 +276,11 @@ impl Source {
             Source::Static(source) => source.describe(),
             Source::Helper(source) => source.describe(),
             Source::Keychain(source) => source.describe(),
+            #[cfg(feature = "aws")]
             Source::Aws(source) => source.describe(),
+            #[cfg(feature = "google")]
             Source::Google(source) => source.describe(),
+            #[cfg(feature = "azure")]
             Source::Azure(source) => source.describe(),
             Source::Acs(inner) => inner.describe(),
             Source::Unavailable(_) => "not configured".to_string(),

@@ -10,7 +10,8 @@ use super::{
     Spec,
 };
 use crate::fields::{Checker, Table};
-use crate::schemes::{Apply, HeaderScheme, Rejection, Scheme, region_from_host};
+use crate::schemes::{Apply, HeaderScheme, Rejection, Scheme};
+use crate::upstream::region_from_host;
 
 pub struct ApiKey;
 

@@ -6,10 +6,12 @@ use super::{
     Binding, BoxFuture, ClientEnv, Environment, Facts, Kind, Placeholder, ReadContext, RouteView,
     Spec, check_env_name, text,
 };
-use crate::credentials::aws::{AwsSettings, is_region, profile_region};
+use crate::credentials::aws::{AwsSettings, profile_region};
 use crate::credentials::{AwsChain, Source, StaticKey};
 use crate::fields::{Checker, Table};
-use crate::schemes::{Apply, HeaderScheme, Rejection, Scheme, SigV4Scheme, region_from_host};
+use crate::schemes::{Apply, HeaderScheme, Rejection, Scheme, SigV4Scheme};
+use crate::upstream::is_region;
+use crate::upstream::region_from_host;
 
 pub struct Aws;
 

@@ -13,10 +13,13 @@
 
 pub mod acs;
 pub mod api_key;
+#[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
 pub mod azure;
 pub mod bedrock_api_key;
 mod environment;
+#[cfg(feature = "google")]
 pub mod google;
 pub mod key_source;
 
@@ -26,6 +29,7 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 
 pub use environment::Environment;
+#[cfg(feature = "google")]
 pub use google::vertex_host;
 
 use crate::credentials::Source;
@@ -37,10 +41,23 @@ use crate::upstream::Upstream;
 pub static KINDS: &[&dyn Kind] = &[
     &api_key::ApiKey,
     &bedrock_api_key::BedrockApiKey,
+    #[cfg(feature = "aws")]
     &aws::Aws,
+    #[cfg(feature = "google")]
     &google::Google,
+    #[cfg(feature = "azure")]
     &azure::Azure,
     &acs::Acs,
+];
+
+/// Kinds this build was compiled without, each with the Cargo feature that brings it.
+pub static ABSENT: &[(&str, &str)] = &[
+    #[cfg(not(feature = "aws"))]
+    ("aws", "aws"),
+    #[cfg(not(feature = "google"))]
+    ("google", "google"),
+    #[cfg(not(feature = "azure"))]
+    ("azure", "azure"),
 ];
 
 /// A boxed future, for the one async step of a kind (resolving against the environment).
@@ -293,6 +310,7 @@ fn is_env_name(name: &str) -> bool {
 }
 
 /// A trimmed, non-empty string value.
+#[cfg(any(feature = "aws", feature = "google", feature = "azure"))]
 pub(crate) fn text(value: &Option<crate::fields::Text>) -> Option<String> {
     value
         .as_ref()
@@ -305,6 +323,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(all(feature = "aws", feature = "google", feature = "azure"))]
     fn every_kind_is_listed_once_with_the_keys_it_reads() {
         let mut names: Vec<_> = KINDS.iter().map(|k| k.name()).collect();
         names.sort();

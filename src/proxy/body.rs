@@ -47,9 +47,19 @@ pub async fn read_limited(
     let mut total: u64 = 0;
     let deadline = tokio::time::Instant::now() + stall * 10;
     loop {
-        let wait = stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        let Ok(next) = tokio::time::timeout(wait, body.frame()).await else {
-            return Err(ProxyError::BodyStalled { waited: stall });
+        let frame = body.frame();
+        tokio::pin!(frame);
+        // A small body is usually there with its head: a timer only when it has to wait.
+        let next = match ready_now(frame.as_mut()).await {
+            Some(next) => next,
+            None => {
+                let wait =
+                    stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                let Ok(next) = tokio::time::timeout(wait, frame).await else {
+                    return Err(ProxyError::BodyStalled { waited: stall });
+                };
+                next
+            }
         };
         let Some(frame) = next else {
             break;
@@ -86,6 +96,17 @@ pub async fn read_limited(
 }
 
 /// Reads and discards up to `budget` bytes of what is left of a refused body.
+/// The future's output if it is ready at the first poll (its waker is then registered).
+async fn ready_now<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 async fn drain(mut body: Incoming, budget: u64) {
     let discard = async {
         let mut left = budget;

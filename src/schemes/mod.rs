@@ -7,6 +7,7 @@
 
 mod acs_hmac;
 mod header;
+#[cfg(feature = "aws")]
 mod sigv4;
 
 use bytes::Bytes;
@@ -16,13 +17,15 @@ use http_body_util::Full;
 use crate::credentials::Credential;
 pub use acs_hmac::AcsHmacScheme;
 pub use header::{Apply, HeaderScheme, Rejection};
-pub use sigv4::{SigV4Scheme, region_from_host};
+#[cfg(feature = "aws")]
+pub use sigv4::SigV4Scheme;
 
 #[derive(Debug, Clone)]
 pub enum Scheme {
     /// A key or token in one header (`x-api-key`, `Authorization: Bearer`, `api-key`, ...).
     Header(HeaderScheme),
     /// AWS Signature Version 4 over method, path, query, a minimal header set and the body.
+    #[cfg(feature = "aws")]
     SigV4(SigV4Scheme),
     /// Azure Communication Services HMAC-SHA256 over method, path, date, host and body hash.
     AcsHmac(AcsHmacScheme),
@@ -74,6 +77,7 @@ impl Scheme {
     ) -> Result<(), ApplyError> {
         match self {
             Scheme::Header(scheme) => scheme.apply(request, body, credential),
+            #[cfg(feature = "aws")]
             Scheme::SigV4(scheme) => scheme.apply(request, body, credential),
             Scheme::AcsHmac(scheme) => scheme.apply(request, body, credential),
         }
@@ -83,6 +87,7 @@ impl Scheme {
     pub fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
         match self {
             Scheme::Header(scheme) => scheme.classify(status, headers),
+            #[cfg(feature = "aws")]
             Scheme::SigV4(scheme) => scheme.classify(status, headers),
             Scheme::AcsHmac(scheme) => scheme.classify(status, headers),
         }
@@ -92,6 +97,7 @@ impl Scheme {
     pub fn classify_body(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
         match self {
             Scheme::Header(scheme) => scheme.classify_body(status, headers, body),
+            #[cfg(feature = "aws")]
             Scheme::SigV4(scheme) => scheme.classify_body(status, headers, body),
             Scheme::AcsHmac(scheme) => scheme.classify_body(status, headers, body),
         }

@@ -19,8 +19,8 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 
 use super::{ApplyError, Verdict};
-use crate::credentials::aws::is_region;
 use crate::credentials::{Credential, Material};
+use crate::upstream::region_from_host;
 
 /// Error bodies of AWS JSON services are small; a larger 403 is not an auth failure.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
@@ -172,17 +172,6 @@ fn error_type(headers: &HeaderMap) -> Option<&str> {
         .next()
         .map(str::trim)
         .filter(|k| !k.is_empty())
-}
-
-/// `bedrock-runtime.us-east-1.amazonaws.com`, `bedrock.eu-west-3.amazonaws.com`,
-/// `vpce-1.bedrock-runtime.us-west-2.vpce.amazonaws.com` → the region label.
-pub fn region_from_host(host: &str) -> Option<&str> {
-    let name = host.split(':').next()?;
-    let rest = name
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| name.strip_suffix(".amazonaws.com.cn"))?;
-    rest.rsplit('.')
-        .find(|label| is_region(label) && label.matches('-').count() >= 2)
 }
 
 #[cfg(test)]

@@ -1,3 +1,6 @@
+//! Needs every kind: runs in the default build (all cloud features).
+#![cfg(all(feature = "aws", feature = "google", feature = "azure"))]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -106,6 +109,19 @@ fn example_config_is_valid() {
     assert!(
         config.credentials.len() >= 3,
         "the example shows every key source"
+    );
+}
+
+#[test]
+fn workers_default_to_one_per_cpu_and_take_a_count() {
+    let base = "[credentials.a]\nkind = \"api_key\"\nenv = \"K\"\n[[routes]]\nprefix = \"/\"\nupstream = \"https://api.anthropic.com\"\ncredential = \"a\"\n";
+    assert_eq!(parse(base).unwrap().workers, 0, "0: one per CPU");
+    assert_eq!(parse(&format!("workers = 3\n{base}")).unwrap().workers, 3);
+    let p = problems(&format!("workers = -1\n{base}"));
+    assert_eq!((p[0].line, p[0].column), (1, 11), "{p:?}");
+    assert!(
+        p[0].hint.as_deref().unwrap_or_default().contains("0"),
+        "{p:?}"
     );
 }
 
