@@ -65,7 +65,11 @@ impl<'a> Settings<'a> {
 /// worker's, so an upstream connection never serves two threads. The idle connections
 /// kept (`pool_max_idle_per_host`) are shared out between the workers' pools.
 #[derive(Debug, Clone)]
-pub struct Clients(Arc<[UpstreamClient]>);
+pub struct Clients {
+    per_worker: Arc<[UpstreamClient]>,
+    /// For the background runtime's own requests (the identity provider's keys).
+    background: UpstreamClient,
+}
 
 impl Clients {
     /// The clients for a config. Fails on an unreadable `ca_file` or an egress proxy URL in
@@ -95,16 +99,22 @@ impl Clients {
         let connector = connector(settings)?;
         let limits = &settings.limits;
         let idle_per_worker = limits.pool_max_idle_per_host.div_ceil(workers);
-        Ok(Clients(
-            (0..workers)
+        Ok(Clients {
+            per_worker: (0..workers)
                 .map(|_| pool(connector.clone(), limits, idle_per_worker))
                 .collect(),
-        ))
+            background: pool(connector, limits, idle_per_worker),
+        })
     }
 
     /// The client of the worker this runs on.
     pub fn here(&self) -> &UpstreamClient {
-        &self.0[crate::runtime::worker_index() % self.0.len()]
+        &self.per_worker[crate::runtime::worker_index() % self.per_worker.len()]
+    }
+
+    /// The client for work that runs on the background runtime.
+    pub fn background(&self) -> &UpstreamClient {
+        &self.background
     }
 }
 

@@ -302,7 +302,7 @@ async fn check(resolved: Resolved) -> ExitCode {
                     let callers = credproxy::callers::Callers::new(
                         callers,
                         resolved.jwks_file.clone(),
-                        clients.here().clone(),
+                        clients.background().clone(),
                     );
                     callers.prefetch_keys().await
                 }

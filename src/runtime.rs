@@ -98,22 +98,36 @@ impl Workers {
             stops: Vec::with_capacity(count),
         };
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let (stop, stopped) = oneshot::channel::<()>();
-            workers.handles.push(runtime.handle().clone());
-            workers.stops.push(stop);
+            let (started, handle) = std::sync::mpsc::channel();
             let background = background.clone();
+            // The runtime is built (and dropped) on its own thread: a runtime dropped
+            // where `start` runs (inside the background runtime) would panic.
             std::thread::Builder::new()
                 .name(format!("credproxy-worker-{index}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            let _ = started.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = started.send(Ok(runtime.handle().clone()));
                     WORKER.with(|w| w.set(Some(index)));
                     BACKGROUND.with(|b| *b.borrow_mut() = Some(background));
                     runtime.block_on(async move {
                         let _ = stopped.await;
                     });
                 })?;
+            let handle = handle
+                .recv()
+                .map_err(|_| std::io::Error::other("a serving thread ended at start"))??;
+            workers.handles.push(handle);
+            workers.stops.push(stop);
         }
         Ok(workers)
     }

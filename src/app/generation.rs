@@ -78,7 +78,7 @@ impl Generation {
             (Some(config), _) => Some(Arc::new(Callers::new(
                 config,
                 resolved.jwks_file.clone(),
-                client.here().clone(),
+                client.background().clone(),
             ))),
         };
         let tls = match (&resolved.tls, previous) {

@@ -175,13 +175,24 @@ impl KeyStore {
                 }
                 set
             }
-            None => self.refresh(None, Want::Fresh).await?,
+            None => self.refresh_apart(None, Want::Fresh).await?,
         };
         if let Some(key) = set.find(kid) {
             return Ok(key);
         }
-        let set = self.refresh(Some(&set), Want::UnknownKey).await?;
+        let set = self.refresh_apart(Some(set), Want::UnknownKey).await?;
         set.find(kid).ok_or(KeyError::Unknown)
+    }
+
+    /// [`refresh`](Self::refresh) on the background runtime: a token on a serving thread
+    /// waits for the provider there, not on its own thread.
+    async fn refresh_apart(
+        self: &Arc<Self>,
+        seen: Option<Arc<KeySet>>,
+        want: Want,
+    ) -> Result<Arc<KeySet>, KeyError> {
+        let store = Arc::clone(self);
+        crate::runtime::on_background(async move { store.refresh(seen.as_ref(), want).await }).await
     }
 
     /// Fetches the set again unless another task just did, or the provider failed

@@ -95,7 +95,6 @@ pub async fn read_limited(
     })
 }
 
-/// Reads and discards up to `budget` bytes of what is left of a refused body.
 /// The future's output if it is ready at the first poll (its waker is then registered).
 async fn ready_now<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
@@ -107,6 +106,7 @@ async fn ready_now<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) ->
     .await
 }
 
+/// Reads and discards up to `budget` bytes of what is left of a refused body.
 async fn drain(mut body: Incoming, budget: u64) {
     let discard = async {
         let mut left = budget;

@@ -144,8 +144,18 @@ impl Cached {
             .map(|entry| Arc::clone(&entry.credential))
     }
 
+    /// Waits for the one fetch in progress, or runs one. Sources run helpers and cloud SDK
+    /// calls, so all of it runs on the background runtime, never on a serving worker; and
+    /// as one task, so a request that goes away mid-fetch leaves the fetch to finish and
+    /// store its value under the lock (no second fetch starts beside it).
     async fn fetch_now(self: &Arc<Self>) -> Result<SharedCredential, Arc<SourceError>> {
         let seen = self.fetches.load(Ordering::Acquire);
+        let cell = Arc::clone(self);
+        crate::runtime::on_background(async move { cell.fetch_locked(seen).await }).await
+    }
+
+    /// `seen`: the fetches finished when the request first looked.
+    async fn fetch_locked(&self, seen: u64) -> Result<SharedCredential, Arc<SourceError>> {
         let _fetching = self.fetching.lock().await;
         // Another fetch may have finished while this request waited: its answer is ours.
         if let Some(entry) = self.current.load().as_ref()
@@ -166,10 +176,7 @@ impl Cached {
                 return Ok(Arc::clone(&entry.credential));
             }
         }
-        // Sources run helpers and cloud SDK calls: on the background runtime, never on a
-        // serving worker.
-        let cell = Arc::clone(self);
-        let entry = crate::runtime::on_background(async move { cell.fetch_entry().await }).await?;
+        let entry = self.fetch_entry().await?;
         let credential = Arc::clone(&entry.credential);
         self.current.store(Some(entry));
         Ok(credential)

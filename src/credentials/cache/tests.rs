@@ -225,3 +225,31 @@ async fn a_hanging_source_does_not_delay_another_credential() {
     assert!(!stuck.is_finished());
     stuck.abort();
 }
+
+/// On a serving worker, a request that goes away while the helper runs leaves the fetch to
+/// the background runtime: it finishes and stores its value, and the next request uses
+/// it instead of starting a second run beside it.
+#[test]
+fn a_request_dropped_mid_fetch_on_a_worker_leaves_the_fetch_to_finish() {
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let workers = crate::runtime::Workers::start(1, background.handle().clone()).unwrap();
+    let script = Script::new();
+    let cache = script.cache(Duration::from_secs(300), "0.5");
+    let (done, result) = std::sync::mpsc::channel();
+    let cell = Arc::clone(&cache);
+    workers.spawn(move || async move {
+        let dropped = tokio::time::timeout(Duration::from_millis(100), cell.get()).await;
+        assert!(dropped.is_err(), "the first request gives up mid-fetch");
+        let value = cell.get().await.map(|c| key(&c).to_string());
+        let _ = done.send(value.map_err(|e| e.to_string()));
+    });
+    let value = result.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(value.as_deref(), Ok("key-1"));
+    assert_eq!(script.runs(), 1, "one helper run for both requests");
+    drop(workers);
+    background.shutdown_background();
+}
