@@ -63,7 +63,8 @@ impl<'a> Settings<'a> {
 
 /// One client per serving worker, all with the same settings; each request uses its own
 /// worker's, so an upstream connection never serves two threads. The idle connections
-/// kept (`pool_max_idle_per_host`) are shared out between the workers' pools.
+/// kept (`pool_max_idle_per_host`) are shared out between the workers' pools, at least 4
+/// each (or the setting, if lower).
 #[derive(Debug, Clone)]
 pub struct Clients {
     per_worker: Arc<[UpstreamClient]>,
@@ -98,7 +99,10 @@ impl Clients {
         let workers = workers.max(1);
         let connector = connector(settings)?;
         let limits = &settings.limits;
-        let idle_per_worker = limits.pool_max_idle_per_host.div_ceil(workers);
+        // Shared out, but at least a few per worker (or the setting, if lower), so a
+        // many-core machine does not reconnect for every burst.
+        let idle = limits.pool_max_idle_per_host;
+        let idle_per_worker = idle.div_ceil(workers).max(idle.min(4));
         Ok(Clients {
             per_worker: (0..workers)
                 .map(|_| pool(connector.clone(), limits, idle_per_worker))

@@ -82,6 +82,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::DefaultConfig) = args.command {
         print!("{EMBEDDED_DEFAULT}");
+        let absent: Vec<&str> = credproxy::kinds::ABSENT.iter().map(|(k, _)| *k).collect();
+        if !absent.is_empty() {
+            eprintln!(
+                "credproxy: this build was compiled without the {} kind(s): embedded, their credentials and routes are left out; in a file, remove them",
+                absent.join(", ")
+            );
+        }
         return ExitCode::SUCCESS;
     }
     if let Some(Command::HashToken { name, generate }) = &args.command {

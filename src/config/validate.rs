@@ -618,6 +618,22 @@ fn upstream(
                     .iter()
                     .map(|k| format!("\"{k}\""))
                     .collect();
+                if kinds.is_empty() {
+                    // A build without the cloud features: no kind here fills it.
+                    cx.report(
+                        text.span(),
+                        format!(
+                            "`{}` is filled in by a cloud kind this build of credproxy was compiled without",
+                            placeholder.text()
+                        ),
+                        format!(
+                            "write the {} into the URL, or use a build with the cloud features (the default build)",
+                            placeholder.noun()
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
                 cx.report(
                     text.span(),
                     format!(

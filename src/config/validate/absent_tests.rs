@@ -50,3 +50,24 @@ fn a_file_naming_a_kind_this_build_lacks_says_which_build_has_it() {
         error.problems
     );
 }
+
+#[test]
+fn a_placeholder_no_kind_here_fills_says_so() {
+    let text = "[credentials.key]\nkind = \"api_key\"\nenv = \"K\"\n\n[[routes]]\nprefix = \"/vertex\"\nupstream = \"https://{vertex_host}\"\ncredential = \"key\"\n";
+    let error = Config::parse(
+        text,
+        ConfigOrigin::File(PathBuf::from("/etc/credproxy.toml")),
+    )
+    .expect_err("nothing in this build fills {vertex_host}");
+    let problem = &error.problems[0];
+    assert_eq!(problem.line, 7, "{problem:?}");
+    assert!(problem.message.contains("compiled without"), "{problem:?}");
+    assert!(
+        problem
+            .hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cloud features"),
+        "{problem:?}"
+    );
+}
