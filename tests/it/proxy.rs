@@ -1,6 +1,7 @@
 //! The proxy pipeline end to end: the credproxy binary between a client and a fake upstream.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 use bytes::Bytes;
@@ -365,14 +366,22 @@ async fn a_helper_that_hangs_is_killed_at_its_timeout() {
         .unwrap()
         .trim()
         .to_string();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let alive = stat
-        .rsplit(')')
-        .next()
-        .is_some_and(|s| !s.trim_start().starts_with('Z'));
+    // SIGKILL reaches the group at once but a process dies when it is next scheduled, so
+    // give it a moment: gone, or dead and waiting for whoever adopted it to reap it.
+    let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let alive = |stat: &str| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(&stat()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = stat();
     assert!(
-        !alive,
-        "the helper's child {pid} outlived the timeout: {stat}"
+        !alive(&last),
+        "the helper's child {pid} outlived the timeout by 5 s: {last}"
     );
 }
 
