@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::mpsc;
 
 pub use generation::Generation;
@@ -40,7 +41,11 @@ pub type Current = Arc<ArcSwap<Generation>>;
 /// Serves `resolved` until SIGINT/SIGTERM. `config_path` is what `--config` named: a
 /// reload reads the config from the same place.
 pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
+    // Every handler is in place before the first listener is bound: a signal that arrives
+    // just after `listening` must reach its handler, not the default action (exit).
     watch_user_signals();
+    let stops = StopSignals::register();
+    let hangups = register(tokio::signal::unix::SignalKind::hangup(), "SIGHUP");
     check_fd_limit(&resolved);
     let metrics = Arc::new(Metrics::new());
     let limits = resolved.config.limits.clone();
@@ -99,11 +104,11 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
 
     keep_fetching(Arc::clone(&current));
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
-    watch_hangup(reload_tx.clone());
+    watch_hangup(hangups, reload_tx.clone());
     if let Some(path) = Config::file(config_path.as_deref()) {
         watch_file(path, Arc::clone(&current), reload_tx);
     }
-    let shutdown = shutdown_signal();
+    let shutdown = stops.received();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -280,19 +285,26 @@ fn warn_restart_only(before: &Resolved, after: &Resolved) {
     }
 }
 
-fn watch_hangup(reloads: mpsc::Sender<&'static str>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(mut hangups) => {
-            tokio::spawn(async move {
-                while hangups.recv().await.is_some() {
-                    tracing::info!(target: "credproxy::reload", "SIGHUP received: reloading the configuration");
-                    let _ = reloads.send("SIGHUP").await;
-                }
-            });
+fn watch_hangup(hangups: Option<Signal>, reloads: mpsc::Sender<&'static str>) {
+    let Some(mut hangups) = hangups else {
+        tracing::warn!("without SIGHUP, the configuration is reloaded only by `watch_config`");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(target: "credproxy::reload", "SIGHUP received: reloading the configuration");
+            let _ = reloads.send("SIGHUP").await;
         }
+    });
+}
+
+/// Installs the handler for `kind` now, so the signal is caught (and queued) from here on.
+fn register(kind: SignalKind, name: &'static str) -> Option<Signal> {
+    match tokio::signal::unix::signal(kind) {
+        Ok(signal) => Some(signal),
         Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGHUP; the configuration cannot be reloaded")
+            tracing::warn!(signal = name, %error, "cannot watch {name}");
+            None
         }
     }
 }
@@ -429,20 +441,16 @@ fn keep_fetching(current: Current) {
 
 /// The user signals would otherwise kill the process mid-stream; they are logged instead.
 fn watch_user_signals() {
-    use tokio::signal::unix::{SignalKind, signal};
     for (kind, name) in [
         (SignalKind::user_defined1(), "SIGUSR1"),
         (SignalKind::user_defined2(), "SIGUSR2"),
     ] {
-        match signal(kind) {
-            Ok(mut received) => {
-                tokio::spawn(async move {
-                    while received.recv().await.is_some() {
-                        tracing::info!(signal = name, "{name} received: ignored");
-                    }
-                });
-            }
-            Err(error) => tracing::warn!(signal = name, %error, "cannot watch {name}"),
+        if let Some(mut received) = register(kind, name) {
+            tokio::spawn(async move {
+                while received.recv().await.is_some() {
+                    tracing::info!(signal = name, "{name} received: ignored");
+                }
+            });
         }
     }
 }
@@ -472,21 +480,34 @@ fn check_fd_limit(resolved: &Resolved) {
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(
-        tokio::signal::unix::SignalKind::terminate(),
-    ) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops credproxy gracefully");
-            let _ = interrupt.await;
-            return;
+/// SIGINT and SIGTERM, caught from start-up on; either stops credproxy gracefully.
+struct StopSignals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        StopSignals {
+            interrupt: register(SignalKind::interrupt(), "SIGINT"),
+            terminate: register(SignalKind::terminate(), "SIGTERM"),
         }
-    };
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate.recv() => {},
     }
-    tracing::info!("shutting down: no new connections; finishing the open ones");
+
+    /// Completes at the first of them (never, when neither could be watched).
+    async fn received(mut self) {
+        async fn next(signal: Option<&mut Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(self.interrupt.as_mut()) => {},
+            _ = next(self.terminate.as_mut()) => {},
+        }
+        tracing::info!("shutting down: no new connections; finishing the open ones");
+    }
 }

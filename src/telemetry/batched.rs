@@ -206,7 +206,7 @@ mod tests {
         let sink = Sink::default();
         let (writer, _guard) = to(sink.clone(), |_| {});
         writer.make_writer().write_all(b"listening\n").unwrap();
-        for _ in 0..200 {
+        for _ in 0..1000 {
             if !sink.0.lock().unwrap().is_empty() {
                 return;
             }

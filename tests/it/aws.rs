@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::sigv4::{Signed, verify};
 use crate::support::*;
@@ -378,8 +378,10 @@ async fn container_credentials_are_refreshed_ahead_of_expiry_while_requests_flow
         .start();
     proxy.wait_for_output("credential ready").await;
 
-    // Requests every 100 ms across one and a half lifetimes of the first key.
-    for _ in 0..100 {
+    // Requests every 100 ms for ten seconds, bounded by the clock rather than a count so
+    // a slow machine does not stretch the run into a fourth key's lifetime.
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
         let answer = post(&proxy.url("/bedrock/model/m/invoke"), "{}").await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::tls::TestCa;
 use crate::support::*;
@@ -143,7 +143,10 @@ async fn short_lived_managed_identity_tokens_are_refreshed_ahead() {
         .envs(&identity.env())
         .start();
     proxy.wait_for_output("credential ready").await;
-    for _ in 0..40 {
+    // Bounded by the clock, not a count: a slow machine must not stretch the run into a
+    // fourth token's lifetime.
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
         assert_eq!(post(&proxy.url(FOUNDRY_MESSAGES), "{}").await.status, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -47,6 +47,8 @@ credential = "late"
     );
     let proxy = credproxy(&scratch, &config).start();
     proxy.wait_for_output("credential not available yet").await;
+    // Both warm up at once; only `good` can become ready.
+    proxy.wait_for_output("credential ready").await;
     assert_eq!(get(&proxy.admin_url("/healthz").await).await.status, 200);
 
     // Not ready: `late` has no value yet, and /readyz says why.
@@ -263,11 +265,7 @@ credential = "key"
     );
     proxy.signal(Signal::SIGHUP);
     proxy.wait_for_output("configuration not reloaded").await;
-    assert!(
-        proxy.output().contains("credproxy.toml:3:"),
-        "{}",
-        proxy.output()
-    );
+    proxy.wait_for_output("credproxy.toml:3:").await;
     assert_eq!(post(&proxy.url("/new/v1/messages"), "{}").await.status, 200);
 
     // watch_config: a changed file is picked up without a signal; the listener it no
