@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         }
     };
     let resolved = runtime.block_on(config.resolve(&Environment::from_process()));
-    match args.command.unwrap_or(Command::Run) {
+    let code = match args.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(credproxy::app::run(resolved, args.config.clone())),
         Command::Status => runtime.block_on(status(&resolved)),
         Command::Check => runtime.block_on(check(resolved)),
@@ -136,7 +136,12 @@ fn main() -> ExitCode {
             unreachable!("handled before logging starts")
         }
         Command::Secret { .. } => unreachable!("handled before the runtime starts"),
-    }
+    };
+    // A credential fetch still running on the blocking pool (a keychain waiting for an
+    // unlock prompt, the gcloud CLI) must not hold the exit: dropping the runtime would
+    // wait for it without limit, with SIGINT and SIGTERM already caught.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// `credproxy secret set|delete NAME`.

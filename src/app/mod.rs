@@ -45,7 +45,11 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
     // just after `listening` must reach its handler, not the default action (exit).
     watch_user_signals();
     let stops = StopSignals::register();
-    let hangups = register(tokio::signal::unix::SignalKind::hangup(), "SIGHUP");
+    let hangups = register(
+        SignalKind::hangup(),
+        "SIGHUP",
+        "the configuration is reloaded only when `watch_config` sees the file change",
+    );
     check_fd_limit(&resolved);
     let metrics = Arc::new(Metrics::new());
     let limits = resolved.config.limits.clone();
@@ -91,9 +95,9 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         };
         start_listener(&mut server, &mut bound, &generation, addr, listener);
     }
-    warm_up(&generation, |_| true);
     metrics.set_credentials(cells(&generation));
     let current: Current = Arc::new(ArcSwap::from_pointee(generation));
+    // Before any credential fetch starts: a start-up that fails here leaves nothing running.
     let admin = match admin::start(admin_listen, Arc::clone(&current), Arc::clone(&metrics)).await {
         Ok(admin) => admin,
         Err(error) => {
@@ -101,6 +105,7 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    warm_up(&current.load(), |_| true);
 
     keep_fetching(Arc::clone(&current));
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(4);
@@ -287,7 +292,6 @@ fn warn_restart_only(before: &Resolved, after: &Resolved) {
 
 fn watch_hangup(hangups: Option<Signal>, reloads: mpsc::Sender<&'static str>) {
     let Some(mut hangups) = hangups else {
-        tracing::warn!("without SIGHUP, the configuration is reloaded only by `watch_config`");
         return;
     };
     tokio::spawn(async move {
@@ -298,12 +302,13 @@ fn watch_hangup(hangups: Option<Signal>, reloads: mpsc::Sender<&'static str>) {
     });
 }
 
-/// Installs the handler for `kind` now, so the signal is caught (and queued) from here on.
-fn register(kind: SignalKind, name: &'static str) -> Option<Signal> {
+/// Installs the handler for `kind` now, so the signal is caught (and queued) from here on;
+/// when it cannot be, says what that means (`without`).
+fn register(kind: SignalKind, name: &'static str, without: &str) -> Option<Signal> {
     match tokio::signal::unix::signal(kind) {
         Ok(signal) => Some(signal),
         Err(error) => {
-            tracing::warn!(signal = name, %error, "cannot watch {name}");
+            tracing::warn!(signal = name, %error, "cannot watch {name}: {without}");
             None
         }
     }
@@ -445,7 +450,7 @@ fn watch_user_signals() {
         (SignalKind::user_defined1(), "SIGUSR1"),
         (SignalKind::user_defined2(), "SIGUSR2"),
     ] {
-        if let Some(mut received) = register(kind, name) {
+        if let Some(mut received) = register(kind, name, "it would stop credproxy") {
             tokio::spawn(async move {
                 while received.recv().await.is_some() {
                     tracing::info!(signal = name, "{name} received: ignored");
@@ -489,8 +494,16 @@ struct StopSignals {
 impl StopSignals {
     fn register() -> Self {
         StopSignals {
-            interrupt: register(SignalKind::interrupt(), "SIGINT"),
-            terminate: register(SignalKind::terminate(), "SIGTERM"),
+            interrupt: register(
+                SignalKind::interrupt(),
+                "SIGINT",
+                "Ctrl-C stops credproxy without finishing the open requests",
+            ),
+            terminate: register(
+                SignalKind::terminate(),
+                "SIGTERM",
+                "SIGTERM stops credproxy without finishing the open requests",
+            ),
         }
     }
 

@@ -560,6 +560,8 @@ async fn a_stale_key_set_keeps_serving_while_the_provider_hangs() {
     for sub in ["fifth", "sixth"] {
         assert_eq!(bearer(&url, &token(sub)).await.status, 200);
     }
+    // Time for a second refresh, had one been started, to reach the provider.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         idp.server.count(),
         before + 1,

@@ -371,6 +371,21 @@ async fn sigterm_lets_an_open_stream_finish_before_exiting() {
     assert!(status.success(), "{status}");
 }
 
+#[tokio::test]
+async fn signals_sent_the_moment_credproxy_listens_are_handled() {
+    // Every handler is in place before the first listener is bound: a SIGHUP and a SIGTERM
+    // sent as soon as `listening` shows are a reload and a graceful stop, never the
+    // default action (death by signal).
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let mut proxy = credproxy(&scratch, &config(&upstream.url(), r#"value = "k""#)).start();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = proxy.exit_status().await;
+    assert!(status.success(), "{status}\n{}", proxy.output());
+    proxy.wait_for_output("shutting down").await;
+}
+
 #[test]
 fn every_problem_is_reported_at_once_and_zero_or_absurd_limits_are_refused() {
     let scratch = Scratch::new();

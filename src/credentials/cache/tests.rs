@@ -147,14 +147,20 @@ async fn a_ttl_value_is_renewed_once_its_ttl_is_over_not_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_slower_than_the_grace_is_joined_not_run_again() {
     let script = Script::new();
-    let cache = script.cache(Duration::from_millis(2000), "1.6");
+    let cache = script.cache(Duration::from_millis(2000), "2.5");
     let first = cache.get().await.unwrap();
     script.set_key("key-2");
-    // Past the TTL: the renewal starts in the background and takes 1.6 s.
+    // Past the TTL: the renewal starts in the background and takes 2.5 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(cache.get().await.unwrap().generation, first.generation);
-    // Past the grace (1 s) while it still runs: requests wait for that same run.
+    // Past the grace (1 s) while it still runs (for 1.4 s more): requests wait for that
+    // same run.
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        cache.peek().map(|c| c.generation),
+        Some(first.generation),
+        "the renewal is still running"
+    );
     let waiters: Vec<_> = (0..10)
         .map(|_| {
             let cache = Arc::clone(&cache);
