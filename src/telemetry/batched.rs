@@ -126,6 +126,18 @@ impl<'a> MakeWriter<'a> for BatchedStderr {
 
 impl Write for BatchedStderr {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.append(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BatchedStderr {
+    /// Adds whole lines to the batch (or, after the guard dropped, writes them at once).
+    pub fn append(&self, bytes: &[u8]) {
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         while state.pending.len() > CAP && !state.closed {
             state = self
@@ -137,14 +149,9 @@ impl Write for BatchedStderr {
         if state.closed {
             drop(state);
             (self.after_close)(bytes);
-            return Ok(bytes.len());
+            return;
         }
         state.pending.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -372,6 +372,42 @@ async fn sigterm_lets_an_open_stream_finish_before_exiting() {
 }
 
 #[tokio::test]
+async fn the_access_log_follows_the_log_filter_in_both_formats() {
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    for format in ["text", "json"] {
+        for (filter, logged) in [("info", true), ("info,credproxy::access=off", false)] {
+            let scratch = Scratch::new();
+            let mut proxy = credproxy(&scratch, &config(&upstream.url(), r#"value = "k""#))
+                .arg("--log-format")
+                .arg(format)
+                .env("CREDPROXY_LOG", filter)
+                .start();
+            let answer = post(&proxy.url("/v1/messages?beta=true"), "{}").await;
+            assert_eq!(answer.status, 200);
+            proxy.signal(nix::sys::signal::Signal::SIGTERM);
+            assert!(proxy.exit_status().await.success());
+            proxy.wait_for_output("shutting down").await;
+            let output = proxy.output();
+            let line = output.lines().find(|l| l.contains("credproxy::access"));
+            assert_eq!(line.is_some(), logged, "{format}, {filter}:\n{output}");
+            if let Some(line) = line {
+                assert!(
+                    line.contains("/v1/messages") && !line.contains("beta"),
+                    "{line}"
+                );
+                if format == "json" {
+                    let json: serde_json::Value = serde_json::from_str(line).unwrap();
+                    assert_eq!(json["status"], 200, "{line}");
+                    assert_eq!(json["credential"], "key", "{line}");
+                } else {
+                    assert!(line.contains(" status=200 attempts=1 "), "{line}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn signals_sent_the_moment_credproxy_listens_are_handled() {
     // Every handler is in place before the first listener is bound: a SIGHUP and a SIGTERM
     // sent as soon as `listening` shows are a reload and a graceful stop, never the

@@ -1,0 +1,187 @@
+//! The access log: one line per request, built from an allow-list of fields (method,
+//! route, path without query, status, attempts, upstream and total milliseconds,
+//! credential name, caller). Headers are never logged, so no key, token or signature can
+//! reach the log through it.
+//!
+//! The line is the one tracing's formatter writes for a `credproxy::access` event, byte for
+//! byte (a test renders both), but when the log has no colours it is written straight to
+//! the log's writer: tracing's formatter cost about 4.5 µs of CPU per request, as much as
+//! all of credproxy's own code on the request path. `CREDPROXY_LOG` filters it as before.
+
+use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Method, StatusCode, Uri};
+
+use super::LogFormat;
+use super::batched::BatchedStderr;
+use crate::failure::Side;
+
+/// Where lines go when they are written directly: set once by [`super::init`].
+static DIRECT: OnceLock<Direct> = OnceLock::new();
+
+struct Direct {
+    writer: BatchedStderr,
+    format: LogFormat,
+}
+
+/// From now on, access lines skip tracing's formatter and go to `writer` as `format`.
+pub(super) fn write_directly(writer: BatchedStderr, format: LogFormat) {
+    let _ = DIRECT.set(Direct { writer, format });
+}
+
+/// One request's access-log line, filled in as the pipeline learns more.
+#[derive(Debug)]
+pub struct AccessLog<'a> {
+    method: Method,
+    uri: Uri,
+    pub route: Option<&'a str>,
+    pub credential: Option<&'a str>,
+    /// Who called (a JWT's `sub` and email, or a static token's name); never the token.
+    pub caller: Option<Arc<str>>,
+    pub attempts: u32,
+    pub upstream: Option<Duration>,
+    pub error: Option<Side>,
+}
+
+impl<'a> AccessLog<'a> {
+    pub fn start(method: &Method, uri: &Uri) -> Self {
+        AccessLog {
+            method: method.clone(),
+            uri: uri.clone(),
+            route: None,
+            credential: None,
+            caller: None,
+            attempts: 0,
+            upstream: None,
+            error: None,
+        }
+    }
+
+    /// Written when the response head is ready; a streamed body may still be flowing.
+    pub fn finish(self, status: StatusCode, started: Instant) {
+        let path = self.uri.path();
+        let line = Line {
+            method: self.method.as_str(),
+            route: self.route.unwrap_or("-"),
+            path: &path[..path.floor_char_boundary(200)],
+            status: status.as_u16(),
+            attempts: self.attempts,
+            upstream_ms: self.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms: started.elapsed().as_secs_f64() * 1000.0,
+            credential: self.credential.unwrap_or("-"),
+            caller: self.caller.as_deref().unwrap_or("-"),
+            error: self.error.map(Side::as_str),
+        };
+        match DIRECT.get() {
+            None => line.trace(),
+            Some(direct) => {
+                if tracing::enabled!(target: "credproxy::access", tracing::Level::INFO) {
+                    let mut out = Vec::with_capacity(320);
+                    line.render(direct.format, SystemTime::now(), &mut out);
+                    direct.writer.append(&out);
+                }
+            }
+        }
+    }
+}
+
+/// The fields of one line, in the order they are written.
+struct Line<'a> {
+    method: &'a str,
+    route: &'a str,
+    path: &'a str,
+    status: u16,
+    attempts: u32,
+    upstream_ms: Option<f64>,
+    total_ms: f64,
+    credential: &'a str,
+    caller: &'a str,
+    error: Option<&'static str>,
+}
+
+impl Line<'_> {
+    /// The same line as a tracing event, for tracing's formatter.
+    fn trace(&self) {
+        tracing::info!(
+            target: "credproxy::access",
+            method = %self.method,
+            route = self.route,
+            path = self.path,
+            status = self.status,
+            attempts = self.attempts,
+            upstream_ms = self.upstream_ms,
+            total_ms = self.total_ms,
+            credential = self.credential,
+            caller = self.caller,
+            error = self.error,
+        );
+    }
+
+    /// What tracing's formatter writes for [`Self::trace`]: text as `tracing_subscriber`'s
+    /// full format without colours (strings and floats in their `Debug` form), or a JSON
+    /// object as its flattened JSON format (values as `serde_json` writes them).
+    fn render(&self, format: LogFormat, now: SystemTime, out: &mut Vec<u8>) {
+        let time = humantime::format_rfc3339_micros(now);
+        match format {
+            LogFormat::Text => {
+                let _ = write!(
+                    out,
+                    "{time}  INFO credproxy::access: method={} route={:?} path={:?} status={} attempts={}",
+                    self.method, self.route, self.path, self.status, self.attempts
+                );
+                if let Some(ms) = self.upstream_ms {
+                    let _ = write!(out, " upstream_ms={ms:?}");
+                }
+                let _ = write!(
+                    out,
+                    " total_ms={:?} credential={:?} caller={:?}",
+                    self.total_ms, self.credential, self.caller
+                );
+                if let Some(error) = self.error {
+                    let _ = write!(out, " error={error:?}");
+                }
+            }
+            LogFormat::Json => {
+                let field = |out: &mut Vec<u8>, name: &str, value: &dyn erased::Json| {
+                    let _ = write!(out, ",\"{name}\":");
+                    value.write_json(out);
+                };
+                let _ = write!(out, "{{\"timestamp\":\"{time}\",\"level\":\"INFO\"");
+                field(out, "method", &self.method);
+                field(out, "route", &self.route);
+                field(out, "path", &self.path);
+                field(out, "status", &self.status);
+                field(out, "attempts", &self.attempts);
+                if let Some(ms) = self.upstream_ms {
+                    field(out, "upstream_ms", &ms);
+                }
+                field(out, "total_ms", &self.total_ms);
+                field(out, "credential", &self.credential);
+                field(out, "caller", &self.caller);
+                if let Some(error) = self.error {
+                    field(out, "error", &error);
+                }
+                out.extend_from_slice(b",\"target\":\"credproxy::access\"}");
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// A value written as `serde_json` writes it, behind one object-safe method.
+mod erased {
+    pub trait Json {
+        fn write_json(&self, out: &mut Vec<u8>);
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn write_json(&self, out: &mut Vec<u8>) {
+            let _ = serde_json::to_writer(out, self);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
