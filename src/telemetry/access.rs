@@ -74,17 +74,43 @@ impl<'a> AccessLog<'a> {
             caller: self.caller.as_deref().unwrap_or("-"),
             error: self.error.map(Side::as_str),
         };
+        let now = SystemTime::now();
         match DIRECT.get() {
-            None => line.trace(),
-            Some(direct) => {
-                if tracing::enabled!(target: "credproxy::access", tracing::Level::INFO) {
+            // Inside a span, tracing's formatter would add the span's context.
+            Some(direct) if renderable(now) && tracing::Span::current().is_none() => {
+                // As an event with the event's fields, so a filter on field names matches
+                // exactly when it would match the event.
+                if tracing::enabled!(
+                    kind: tracing::metadata::Kind::EVENT,
+                    target: "credproxy::access",
+                    tracing::Level::INFO,
+                    method,
+                    route,
+                    path,
+                    status,
+                    attempts,
+                    upstream_ms,
+                    total_ms,
+                    credential,
+                    caller,
+                    error
+                ) {
                     let mut out = Vec::with_capacity(320);
-                    line.render(direct.format, SystemTime::now(), &mut out);
+                    line.render(direct.format, now, &mut out);
                     direct.writer.append(&out);
                 }
             }
+            _ => line.trace(),
         }
     }
+}
+
+/// A clock between 1970 and 9999, the years RFC 3339 timestamps spell with four digits
+/// (tracing's formatter writes others its own way).
+fn renderable(now: SystemTime) -> bool {
+    const YEAR_10000: u64 = 253_402_300_800;
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .is_ok_and(|since| since.as_secs() < YEAR_10000)
 }
 
 /// The fields of one line, in the order they are written.

@@ -14,6 +14,7 @@ pub use access::AccessLog;
 pub use batched::FlushGuard;
 pub use metrics::Metrics;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -33,17 +34,31 @@ pub fn init(level: &str, format: LogFormat) -> FlushGuard {
         .unwrap_or_else(|| EnvFilter::new(level));
     let (writer, guard) = batched::stderr();
     let ansi = std::io::stderr().is_terminal();
-    if !ansi {
+    // Colours are tracing's to write; JSON has none.
+    if !ansi || format == LogFormat::Json {
         access::write_directly(writer.clone(), format);
     }
+    subscriber(format, writer, ansi, filter).init();
+    guard
+}
+
+/// How log lines look; the access log's own renderer is tested against this.
+fn subscriber<W>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+    filter: EnvFilter,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi)
         .with_target(true);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
     }
-    guard
 }
