@@ -4,7 +4,7 @@
 //! reach the log through it.
 //!
 //! The line is the one tracing's formatter writes for a `credproxy::access` event, byte for
-//! byte (a test renders both), but when the log has no colours it is written straight to
+//! byte (a test renders both), but unless it is text in colour it is written straight to
 //! the log's writer: tracing's formatter cost about 4.5 µs of CPU per request, as much as
 //! all of credproxy's own code on the request path. `CREDPROXY_LOG` filters it as before.
 
