@@ -36,6 +36,7 @@ fn route(prefix: &str, host: &str) -> Route {
         groups: None,
         identity: None,
         translate: None,
+        http2: Default::default(),
     }
 }
 

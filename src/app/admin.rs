@@ -206,6 +206,23 @@ fn status(generation: &super::Generation) -> Value {
                 "credential": resolved.credentials[route.credential].name,
                 "disabled": route.disabled(),
                 "groups": route.groups.as_deref(),
+                "upstream_http2": route.http2.name(),
+            })
+        })
+        .collect();
+    let shared = &generation.shared;
+    let upstreams: Vec<Value> = std::iter::once(&shared.client)
+        .chain(shared.identity_clients.values())
+        .flat_map(|clients| clients.http2_status())
+        .map(|host| {
+            json!({
+                "upstream": host.origin,
+                "upstream_http2": host.mode.name(),
+                "protocol": if host.http1 { "HTTP/1.1" } else { "HTTP/2" },
+                "connections": host.connections,
+                "streams_in_use": host.streams_in_use,
+                "stream_limit": host.stream_limit,
+                "waiting": host.waiting,
             })
         })
         .collect();
@@ -218,6 +235,7 @@ fn status(generation: &super::Generation) -> Value {
         },
         "credentials": credentials,
         "routes": routes,
+        "upstreams": upstreams,
     })
 }
 

@@ -175,4 +175,6 @@ fn same_client_settings(a: &Resolved, b: &Resolved) -> bool {
         && a.config.connect_timeout == b.config.connect_timeout
         && a.config.limits.pool_idle_timeout == b.config.limits.pool_idle_timeout
         && a.config.limits.pool_max_idle_per_host == b.config.limits.pool_max_idle_per_host
+        && a.config.limits.pool_max_connections_per_host
+            == b.config.limits.pool_max_connections_per_host
 }

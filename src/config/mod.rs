@@ -144,6 +144,10 @@ pub struct Limits {
     /// Idle upstream connections kept per host, and for how long.
     pub pool_max_idle_per_host: usize,
     pub pool_idle_timeout: Duration,
+    /// HTTP/2 connections open at once to one upstream host, all serving workers
+    /// together; a request that finds every stream of every one in use waits up to
+    /// `queue_timeout`, then gets 503.
+    pub pool_max_connections_per_host: usize,
 }
 
 impl Default for Limits {
@@ -157,6 +161,8 @@ impl Default for Limits {
             queue_timeout: Duration::from_secs(30),
             pool_max_idle_per_host: 64,
             pool_idle_timeout: Duration::from_secs(30),
+            // 10,000 streams fit even when an upstream allows only 20 per connection.
+            pool_max_connections_per_host: 512,
         }
     }
 }
@@ -188,6 +194,30 @@ pub struct Route {
     pub identity: Option<TlsConfig>,
     /// `translate`: the Anthropic API served in front of Bedrock or Vertex.
     pub translate: Option<translate::Translate>,
+    /// `upstream_http2`: whether requests go to the upstream over HTTP/2.
+    pub http2: Http2,
+}
+
+/// `upstream_http2` on a route: which HTTP version credproxy speaks to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Http2 {
+    /// HTTP/2 where TLS's ALPN offers it, else HTTP/1.1 (plain `http://` is HTTP/1.1).
+    #[default]
+    Auto,
+    /// HTTP/1.1 only (a pool of HTTP/1.1 connections).
+    Never,
+    /// HTTP/2 only: ALPN must choose it; on `http://`, h2c with prior knowledge.
+    Always,
+}
+
+impl Http2 {
+    pub fn name(self) -> &'static str {
+        match self {
+            Http2::Auto => "auto",
+            Http2::Never => "never",
+            Http2::Always => "always",
+        }
+    }
 }
 
 /// An upstream as written: a URL, or a URL with placeholders filled in at resolution.

@@ -76,6 +76,8 @@ pub struct ResolvedRoute {
     pub identity: Option<TlsFiles>,
     /// `translate`: the Anthropic API served in front of Bedrock or Vertex.
     pub translate: Option<Arc<super::translate::Translation>>,
+    /// `upstream_http2`: the HTTP version spoken to the upstream.
+    pub http2: super::Http2,
 }
 
 impl ResolvedRoute {
@@ -202,6 +204,7 @@ fn resolve_route(
             key: files.key.resolve(home),
         }),
         translate,
+        http2: route.http2,
     }
 }
 

@@ -151,6 +151,11 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
             defaults.pool_max_idle_per_host,
         ),
         pool_idle_timeout,
+        pool_max_connections_per_host: count(
+            "pool_max_connections_per_host",
+            1..=100_000,
+            defaults.pool_max_connections_per_host,
+        ),
     };
     let workers = count("workers", 0..=1024, 0);
     let strip_headers = header_names(root, cx, "strip_headers");
@@ -510,6 +515,7 @@ fn read_route(
         .and_then(|t| cx.duration(&t, secs(1)..=DAY));
     let strip_headers = header_names(table, cx, "strip_headers");
     let identity = cert_and_key(table, cx, base_dir, ("client_cert", "client_key"));
+    let http2 = upstream_http2(table, cx);
     let groups_at = table.value("groups").map(|v| v.span());
     let groups = callers::groups(table, cx);
     if let (Some(span), false) = (groups_at, has_callers) {
@@ -569,9 +575,30 @@ fn read_route(
             groups,
             identity,
             translate,
+            http2,
         },
         prefix_text?,
     ))
+}
+
+/// `upstream_http2 = "auto" | "never" | "always"` (default auto).
+fn upstream_http2(table: &mut Table, cx: &mut Checker) -> super::Http2 {
+    let Some(text) = table.string(cx, "upstream_http2") else {
+        return super::Http2::default();
+    };
+    match text.get_ref().as_str() {
+        "auto" => super::Http2::Auto,
+        "never" => super::Http2::Never,
+        "always" => super::Http2::Always,
+        other => {
+            cx.report(
+                text.span(),
+                format!("`{other}` is not a choice for `upstream_http2`"),
+                "write \"auto\" (HTTP/2 where the upstream offers it), \"never\" (HTTP/1.1 only) or \"always\" (HTTP/2 only; h2c on http://)".to_string(),
+            );
+            super::Http2::default()
+        }
+    }
 }
 
 fn prefix(cx: &mut Checker, text: &Text) -> Option<String> {

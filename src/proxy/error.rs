@@ -85,6 +85,12 @@ pub enum ProxyError {
         upstream: String,
         cause: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("route `{route}`: {upstream} is busy: {busy}; try again shortly")]
+    UpstreamBusy {
+        route: String,
+        upstream: String,
+        busy: crate::client::http2::Busy,
+    },
     #[error("route `{route}`: {upstream} did not answer within {}", humantime::format_duration(*.waited))]
     UpstreamTimeout {
         route: String,
@@ -113,6 +119,7 @@ impl ProxyError {
             | ProxyError::RouteDisabled { .. } => Side::CredentialSource,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::UpstreamBusy { .. }
             | ProxyError::Overloaded { .. } => Side::Upstream,
         }
     }
@@ -133,7 +140,9 @@ impl ProxyError {
             | ProxyError::BadHost { .. }
             | ProxyError::BadPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
             | ProxyError::RouteDisabled { .. }
@@ -166,7 +175,10 @@ impl ProxyError {
         });
         let status = self.status();
         let side = self.side();
-        let overloaded = matches!(self, ProxyError::Overloaded { .. });
+        let overloaded = matches!(
+            self,
+            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. }
+        );
         // A caller refused for anything but an aged token gets the same answer on a retry;
         // `x-should-retry: false` stops the Anthropic SDKs' (and Claude Code's) retry loop.
         let final_answer = match &self {

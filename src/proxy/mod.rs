@@ -31,6 +31,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
 use crate::callers::Callers;
+use crate::client::Body as UpstreamResponse;
 pub use crate::client::{Clients, UpstreamClient};
 use crate::config::{Resolved, ResolvedRoute};
 use crate::credentials::{Cached, SharedCredential};
@@ -111,7 +112,7 @@ pub struct Proxy {
 
 /// One upstream answer, with the credential value that was applied to its request.
 struct Attempt {
-    response: Response<Incoming>,
+    response: Response<UpstreamResponse>,
     credential: SharedCredential,
 }
 
@@ -484,7 +485,7 @@ impl Proxy {
         &self,
         route: &ResolvedRoute,
         request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamResponse>, ProxyError> {
         let waited = self.shared.upstream_timeout;
         let timeout = || ProxyError::UpstreamTimeout {
             route: route.prefix.clone(),
@@ -501,14 +502,27 @@ impl Proxy {
                 .expect("a client for every route's client certificate")
                 .here(),
         };
-        match tokio::time::timeout(waited, client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if is_timeout(&error) => Err(timeout()),
-            Ok(Err(error)) => Err(ProxyError::UpstreamUnreachable {
-                route: route.prefix.clone(),
-                upstream: route.upstream_text(),
-                cause: Box::new(error),
-            }),
+        let sending = client.send(request, route.http2, self.shared.queue_timeout);
+        match tokio::time::timeout(waited, sending).await {
+            Ok(Ok(sent)) => {
+                if let Some(wait) = sent.stream_wait {
+                    self.shared.metrics.stream_wait(&route.prefix, wait);
+                }
+                Ok(sent.response)
+            }
+            Ok(Err(error)) if is_timeout(error.as_ref()) => Err(timeout()),
+            Ok(Err(error)) => match error.downcast::<crate::client::http2::Busy>() {
+                Ok(busy) => Err(ProxyError::UpstreamBusy {
+                    route: route.prefix.clone(),
+                    upstream: route.upstream_text(),
+                    busy: *busy,
+                }),
+                Err(error) => Err(ProxyError::UpstreamUnreachable {
+                    route: route.prefix.clone(),
+                    upstream: route.upstream_text(),
+                    cause: error,
+                }),
+            },
             Err(_) => Err(timeout()),
         }
     }
@@ -517,7 +531,7 @@ impl Proxy {
 /// An upstream answer: still streaming, or read whole because the classifier needed its
 /// body (small auth errors).
 enum Answer {
-    Streaming(Response<Incoming>),
+    Streaming(Response<UpstreamResponse>),
     Read(http::response::Parts, Bytes),
 }
 
@@ -562,7 +576,7 @@ fn json_response(status: http::StatusCode, json: &serde_json::Value) -> Response
 /// exactly those bytes. Anything larger streams on untouched.
 async fn classify(
     scheme: &Scheme,
-    response: Response<Incoming>,
+    response: Response<UpstreamResponse>,
     read_timeout: Duration,
 ) -> Result<(Answer, Verdict), stream::BoxError> {
     let verdict = scheme.classify(response.status(), response.headers());

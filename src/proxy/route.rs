@@ -153,6 +153,7 @@ mod tests {
             groups: None,
             identity: None,
             translate: None,
+            http2: Default::default(),
         }
     }
 

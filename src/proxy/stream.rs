@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
@@ -17,7 +16,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: crate::client::Body,
     _slot: Option<OwnedSemaphorePermit>,
     idle: Option<Idle>,
     ended: bool,
@@ -42,7 +41,7 @@ pub struct StreamStalled(Duration);
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: crate::client::Body,
         slot: Option<OwnedSemaphorePermit>,
         idle_timeout: Option<Duration>,
         sse: bool,
@@ -87,7 +86,6 @@ impl Body for UpstreamBody {
                 if let Some(idle) = &mut self.idle {
                     idle.waiting = false;
                 }
-                let frame = frame.map_err(BoxError::from);
                 let this = &mut *self;
                 let (Some(events), Ok(frame)) = (&mut this.events, &frame) else {
                     return Poll::Ready(Some(frame));

@@ -80,6 +80,7 @@ pub struct Metrics {
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub caller_rejections: Family<ReasonLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    pub upstream_stream_wait: Family<RouteLabels, Histogram, fn() -> Histogram>,
     credentials: Arc<CredentialCells>,
 }
 
@@ -142,6 +143,17 @@ impl Metrics {
             "Configuration reloads, applied or rejected",
             reloads.clone(),
         );
+        let upstream_stream_wait =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                // 100 µs to ~7 min: no wait at all shows in the first bucket.
+                Histogram::new(exponential_buckets(0.0001, 2.0, 22))
+            });
+        registry.register_with_unit(
+            "upstream_stream_wait",
+            "Time a request waited for a free HTTP/2 stream to its upstream (every connection allowed was busy or being opened), by route",
+            Unit::Seconds,
+            upstream_stream_wait.clone(),
+        );
         let credentials = Arc::new(CredentialCells(ArcSwap::from_pointee(Vec::new())));
         registry.register_collector(Box::new(Arc::clone(&credentials)));
         Metrics {
@@ -153,8 +165,18 @@ impl Metrics {
             connections_open,
             caller_rejections,
             reloads,
+            upstream_stream_wait,
             credentials,
         }
+    }
+
+    /// How long one request waited for an HTTP/2 stream.
+    pub fn stream_wait(&self, route: &str, waited: Duration) {
+        self.upstream_stream_wait
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     /// The credentials the credential metrics report (at start and after each reload).

@@ -8,6 +8,7 @@ mod cli;
 mod egress;
 mod google;
 mod hardening;
+mod http2;
 mod keychain;
 mod layers;
 mod operability;

@@ -24,6 +24,7 @@ fn route(prefix: &str, upstream: &str) -> ResolvedRoute {
         groups: None,
         identity: None,
         translate: None,
+        http2: Default::default(),
     }
 }
 

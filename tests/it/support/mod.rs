@@ -4,6 +4,7 @@
 mod client;
 pub mod connect_proxy;
 pub mod google;
+pub mod h2_upstream;
 pub mod idp;
 mod process;
 pub mod sigv4;

@@ -22,6 +22,7 @@ use super::tls;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
+    pub version: http::Version,
     /// Exactly the request-target bytes the upstream saw.
     pub path_and_query: String,
     pub headers: HeaderMap,
@@ -241,6 +242,7 @@ async fn answer(
         .unwrap_or_default();
     let request = Recorded {
         method: parts.method.to_string(),
+        version: parts.version,
         path_and_query: parts
             .uri
             .path_and_query()

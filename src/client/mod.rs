@@ -9,7 +9,11 @@
 //! presents that certificate (upstream mTLS).
 //!
 //! Every serving worker has a pool of its own ([`Clients`]): an upstream connection is
-//! opened, driven and reused by the one thread whose requests use it.
+//! opened, driven and reused by the one thread whose requests use it. HTTP/1.1 goes
+//! through hyper's pooled client; HTTP/2 through [`http2`]'s pool, which opens as many
+//! connections per host as the load needs (`upstream_http2` on a route chooses).
+
+pub mod http2;
 
 use std::future::Future;
 use std::path::Path;
@@ -19,8 +23,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Uri;
+use http::{Request, Response, Uri};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,10 +37,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
 use crate::config::egress::Egress;
-use crate::config::{Limits, Resolved, TlsFiles};
+use crate::config::{Http2, Limits, Resolved, TlsFiles};
 use crate::files::{read_chain, read_key};
 
-pub type UpstreamClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
+pub type UpstreamClient = Client<Reuse, Full<Bytes>>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything a client depends on.
 #[derive(Debug, Clone, Default)]
@@ -62,14 +68,105 @@ impl<'a> Settings<'a> {
 }
 
 /// One client per serving worker, all with the same settings; each request uses its own
-/// worker's, so an upstream connection never serves two threads. The idle connections
-/// kept (`pool_max_idle_per_host`) are shared out between the workers' pools, at least 4
-/// each (or the setting, if lower).
-#[derive(Debug, Clone)]
+/// worker's, so an upstream connection never serves two threads. The idle HTTP/1.1
+/// connections kept (`pool_max_idle_per_host`) are shared out between the workers' pools,
+/// at least 4 each (or the setting, if lower); the HTTP/2 connections to one host are
+/// capped across them (`pool_max_connections_per_host`).
+#[derive(Clone)]
 pub struct Clients {
-    per_worker: Arc<[UpstreamClient]>,
+    per_worker: Arc<[WorkerClient]>,
     /// For the background runtime's own requests (the identity provider's keys).
     background: UpstreamClient,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("workers", &self.per_worker.len())
+            .finish()
+    }
+}
+
+/// One worker's upstream connections.
+pub struct WorkerClient {
+    /// HTTP/1.1 only (ALPN offers nothing else).
+    http1: UpstreamClient,
+    http2: http2::Pool,
+}
+
+/// An upstream response body, whichever protocol carried it.
+#[derive(Debug)]
+pub enum Body {
+    Http1(Incoming),
+    Http2(http2::H2Body),
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Body::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Http1(body) => body.is_end_stream(),
+            Body::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Http1(body) => body.size_hint(),
+            Body::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// An upstream's answer, and how long the request waited for an HTTP/2 stream (`None`
+/// over HTTP/1.1).
+pub struct Sent {
+    pub response: Response<Body>,
+    pub stream_wait: Option<Duration>,
+}
+
+impl WorkerClient {
+    /// Sends `request` (an absolute URI) over the HTTP version `http2` asks for.
+    /// `queue_timeout` bounds the wait for an HTTP/2 stream when the connection cap is
+    /// reached (the error is then [`http2::Busy`]).
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        mode: Http2,
+        queue_timeout: Duration,
+    ) -> Result<Sent, BoxError> {
+        let plain = request.uri().scheme_str() == Some("http");
+        let request = match mode {
+            Http2::Never => request,
+            Http2::Auto if plain => request,
+            _ => match self.http2.send(request, mode, queue_timeout).await? {
+                http2::Routed::Answered(response, waited) => {
+                    return Ok(Sent {
+                        response: response.map(Body::Http2),
+                        stream_wait: Some(waited),
+                    });
+                }
+                http2::Routed::Http1(request) => request,
+            },
+        };
+        let response = self.http1.request(request).await?;
+        Ok(Sent {
+            response: response.map(Body::Http1),
+            stream_wait: None,
+        })
+    }
 }
 
 impl Clients {
@@ -97,22 +194,42 @@ impl Clients {
     /// `workers` clients for explicit settings, sharing one TLS set-up.
     pub fn with_settings(settings: &Settings, workers: usize) -> Result<Self, String> {
         let workers = workers.max(1);
-        let connector = connector(settings)?;
+        let tls = tls_config(settings)?;
+        let connector = Connector::new(http_connector(settings), settings.egress);
         let limits = &settings.limits;
         // Shared out, but at least a few per worker (or the setting, if lower), so a
         // many-core machine does not reconnect for every burst.
         let idle = limits.pool_max_idle_per_host;
         let idle_per_worker = idle.div_ceil(workers).max(idle.min(4));
+        let http1_only = https(tls.clone(), connector.clone(), false);
+        let dial = Arc::new(http2::Dial::new(
+            connector.clone(),
+            &tls,
+            settings.connect_timeout,
+            limits.pool_idle_timeout,
+            limits.pool_max_connections_per_host,
+        ));
         Ok(Clients {
             per_worker: (0..workers)
-                .map(|_| pool(connector.clone(), limits, idle_per_worker))
+                .map(|_| {
+                    let parked = http2::Parked::default();
+                    let http1 = Reuse::new(http1_only.clone(), parked.clone());
+                    WorkerClient {
+                        http1: pool(http1, limits, idle_per_worker),
+                        http2: http2::Pool::new(Arc::clone(&dial), parked),
+                    }
+                })
                 .collect(),
-            background: pool(connector, limits, idle_per_worker),
+            background: pool(
+                Reuse::new(https(tls, connector, true), Default::default()),
+                limits,
+                idle_per_worker,
+            ),
         })
     }
 
     /// The client of the worker this runs on.
-    pub fn here(&self) -> &UpstreamClient {
+    pub fn here(&self) -> &WorkerClient {
         &self.per_worker[crate::runtime::worker_index() % self.per_worker.len()]
     }
 
@@ -120,23 +237,46 @@ impl Clients {
     pub fn background(&self) -> &UpstreamClient {
         &self.background
     }
+
+    /// The HTTP/2 connections of every worker, by upstream host.
+    pub fn http2_status(&self) -> Vec<http2::HostStatus> {
+        let mut merged: Vec<http2::HostStatus> = Vec::new();
+        for worker in self.per_worker.iter() {
+            for host in worker.http2.status() {
+                match merged
+                    .iter_mut()
+                    .find(|m| m.origin == host.origin && m.mode == host.mode)
+                {
+                    Some(m) => {
+                        m.http1 |= host.http1;
+                        m.connections += host.connections;
+                        m.streams_in_use += host.streams_in_use;
+                        m.waiting += host.waiting;
+                        m.stream_limit = m.stream_limit.max(host.stream_limit);
+                    }
+                    None => merged.push(host),
+                }
+            }
+        }
+        merged.sort_by(|a, b| a.origin.cmp(&b.origin));
+        merged
+    }
 }
 
 /// A single client for explicit settings (benchmarks and tests build one without a config).
 pub fn with_settings(settings: &Settings) -> Result<UpstreamClient, String> {
-    let connector = connector(settings)?;
+    let connector = Connector::new(http_connector(settings), settings.egress);
     Ok(pool(
-        connector,
+        Reuse::new(
+            https(tls_config(settings)?, connector, true),
+            Default::default(),
+        ),
         &settings.limits,
         settings.limits.pool_max_idle_per_host,
     ))
 }
 
-fn pool(
-    connector: HttpsConnector<Connector>,
-    limits: &Limits,
-    max_idle_per_host: usize,
-) -> UpstreamClient {
+fn pool(connector: Reuse, limits: &Limits, max_idle_per_host: usize) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(limits.pool_idle_timeout)
         .pool_max_idle_per_host(max_idle_per_host)
@@ -145,10 +285,9 @@ fn pool(
         .build(connector)
 }
 
-/// TLS (the roots, the client certificate) and how connections are opened.
-fn connector(settings: &Settings) -> Result<HttpsConnector<Connector>, String> {
+/// TLS: the roots (the OS verifier plus `ca_file`) and the client certificate.
+fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig, String> {
     let ca_file = settings.ca_file;
-    let connect_timeout = settings.connect_timeout;
     let extra = match ca_file {
         None => Vec::new(),
         Some(path) => {
@@ -188,7 +327,7 @@ fn connector(settings: &Settings) -> Result<HttpsConnector<Connector>, String> {
             builder.with_root_certificates(RootCertStore::empty())
         }
     };
-    let tls = match settings.identity {
+    Ok(match settings.identity {
         None => builder.with_no_client_auth(),
         Some(files) => {
             let (chain, key) = identity(files)?;
@@ -200,19 +339,34 @@ fn connector(settings: &Settings) -> Result<HttpsConnector<Connector>, String> {
                 )
             })?
         }
-    };
+    })
+}
 
+/// TCP: `TCP_NODELAY`, keep-alive probes, the connect timeout.
+fn http_connector(settings: &Settings) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    Ok(HttpsConnectorBuilder::new()
+    http
+}
+
+/// TLS over `connector`, offering HTTP/1.1 and, with `http2`, HTTP/2 by ALPN.
+fn https(
+    tls: rustls::ClientConfig,
+    connector: Connector,
+    http2: bool,
+) -> HttpsConnector<Connector> {
+    let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(Connector::new(http, settings.egress)))
+        .enable_http1();
+    if http2 {
+        builder.enable_http2().wrap_connector(connector)
+    } else {
+        builder.wrap_connector(connector)
+    }
 }
 
 /// A client certificate chain and its key, from PEM files.
@@ -260,7 +414,6 @@ impl Connector {
 
 type Connecting =
     Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send + 'static>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<Uri> for Connector {
     type Response = TokioIo<TcpStream>;
@@ -295,6 +448,40 @@ impl tower_service::Service<Uri> for Connector {
                 Box::pin(async move { connecting.await.map_err(Into::into) })
             }
         }
+    }
+}
+
+/// The HTTP/1.1 pool's connector: a TLS connection that the HTTP/2 pool opened to
+/// learn that the upstream speaks HTTP/1.1 (ALPN) is used first, so finding out costs no
+/// connection; otherwise a new connection.
+#[derive(Clone)]
+pub struct Reuse {
+    https: HttpsConnector<Connector>,
+    parked: http2::Parked,
+}
+
+impl Reuse {
+    fn new(https: HttpsConnector<Connector>, parked: http2::Parked) -> Self {
+        Reuse { https, parked }
+    }
+}
+
+impl tower_service::Service<Uri> for Reuse {
+    type Response = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.https.poll_ready(cx)
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        if let Some(stream) = self.parked.take(&destination) {
+            return Box::pin(async move {
+                Ok(hyper_rustls::MaybeHttpsStream::Https(TokioIo::new(stream)))
+            });
+        }
+        Box::pin(self.https.call(destination))
     }
 }
 
