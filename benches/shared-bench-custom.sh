@@ -13,8 +13,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 binary="${CREDPROXY_BIN:-$here/target/release/credproxy}"
 config="$(mktemp -d)/credproxy.toml"
+# With --upstream-tls the mock's throwaway CA is trusted through `ca_file`. The harness
+# holds up to 5,000 streams open (--phases streams): room for them all, as nginx has.
+ca_line=""
+[ -n "${BENCH_UPSTREAM_CA:-}" ] && ca_line="ca_file = \"$BENCH_UPSTREAM_CA\""
 cat > "$config" <<TOML
 listen = "${BENCH_LISTEN:?}"
+max_connections = 16384
+max_in_flight = 16384
+$ca_line
 [credentials.bench]
 kind = "api_key"
 env = "BENCH_API_KEY"

@@ -102,6 +102,7 @@ async fn refused_streams_and_goaway_lose_no_request() {
             hold: Duration::from_millis(200),
             refuse_first: 20,
             goaway_after: Some(3),
+            ..Plan::default()
         },
         None,
     )
@@ -214,4 +215,75 @@ async fn never_keeps_https_upstreams_on_http1() {
     let answer = post(&proxy.url("/v1/messages"), "{}").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(answer.text().contains("HTTP/1.1"), "{}", answer.text());
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_the_upstream_back() {
+    const TOTAL: usize = 48 * 1024 * 1024;
+    let upstream = H2Upstream::start(
+        Plan {
+            max_streams: 100,
+            body_bytes: Some(TOTAL),
+            ..Plan::default()
+        },
+        None,
+    )
+    .await;
+    let scratch = Scratch::new();
+    let proxy = credproxy(&scratch, &http2_config(&upstream.url(), "always", "")).start();
+    let response = client()
+        .request(
+            Request::post(proxy.url("/v1/messages"))
+                .body(Full::new(Bytes::from("{}")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The client reads nothing for a while: the upstream may send what the windows and
+    // the sockets' buffers hold, not the whole body.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent_while_paused = upstream.count(|c| &c.bytes_sent);
+    println!("sent while the client paused: {sent_while_paused} of {TOTAL} bytes");
+    assert!(
+        sent_while_paused < TOTAL / 2,
+        "{sent_while_paused} bytes went out while the client read nothing"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), TOTAL);
+    assert!(body.iter().all(|b| *b == b'x'));
+}
+
+#[tokio::test]
+async fn a_stream_the_upstream_resets_is_cut_short_and_the_next_request_is_served() {
+    let upstream = H2Upstream::start(
+        Plan {
+            max_streams: 100,
+            hold: Duration::from_millis(100),
+            reset_after_first: true,
+            ..Plan::default()
+        },
+        None,
+    )
+    .await;
+    let scratch = Scratch::new();
+    let proxy = credproxy(&scratch, &http2_config(&upstream.url(), "always", "")).start();
+    for _ in 0..3 {
+        let response = client()
+            .request(
+                Request::post(proxy.url("/v1/messages"))
+                    .body(Full::new(Bytes::from("{}")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("\"n\":1"));
+        // The reset reaches the client as a body that ends in an error, never as a clean end.
+        let rest = body.collect().await;
+        assert!(rest.is_err(), "a reset stream ended as if complete");
+    }
+    assert_eq!(upstream.count(|c| &c.streams_answered), 0);
 }

@@ -26,6 +26,11 @@ pub struct Plan {
     /// After this many streams on one connection, the server says GOAWAY with the last
     /// stream it processed and serves no newer one.
     pub goaway_after: Option<usize>,
+    /// After the first event, the stream is reset (`INTERNAL_ERROR`) instead of ended.
+    pub reset_after_first: bool,
+    /// Instead of the SSE stream: this many bytes of body, sent only as the client's
+    /// flow-control window allows.
+    pub body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +41,8 @@ pub struct Counts {
     pub open_streams: AtomicUsize,
     pub most_open_on_one_connection: AtomicUsize,
     pub goaways: AtomicUsize,
+    /// Body bytes handed to the connection (within the window the client granted).
+    pub bytes_sent: AtomicUsize,
 }
 
 pub struct H2Upstream {
@@ -131,8 +138,8 @@ where
             .most_open_on_one_connection
             .fetch_max(now_open, Ordering::SeqCst);
         counts.open_streams.fetch_add(1, Ordering::SeqCst);
-        let (stream_counts, open_here, hold) =
-            (Arc::clone(&counts), Arc::clone(&open_here), plan.hold);
+        let (stream_counts, open_here, plan) =
+            (Arc::clone(&counts), Arc::clone(&open_here), plan.clone());
         tokio::spawn(async move {
             let mut body = request.into_body();
             while let Some(Ok(data)) = body.data().await {
@@ -144,12 +151,26 @@ where
                 .body(())
                 .unwrap();
             if let Ok(mut send) = respond.send_response(head, false) {
-                let _ = send.send_data(Bytes::from("event: ping\ndata: {\"n\":1}\n\n"), false);
-                tokio::time::sleep(hold).await;
-                let _ = send.send_data(Bytes::from("event: done\ndata: {\"n\":2}\n\n"), true);
-                stream_counts
-                    .streams_answered
-                    .fetch_add(1, Ordering::SeqCst);
+                let finished = match plan.body_bytes {
+                    Some(total) => send_within_window(&mut send, total, &stream_counts).await,
+                    None => {
+                        let first = Bytes::from("event: ping\ndata: {\"n\":1}\n\n");
+                        let _ = send.send_data(first, false);
+                        tokio::time::sleep(plan.hold).await;
+                        if plan.reset_after_first {
+                            send.send_reset(h2::Reason::INTERNAL_ERROR);
+                            false
+                        } else {
+                            let last = Bytes::from("event: done\ndata: {\"n\":2}\n\n");
+                            send.send_data(last, true).is_ok()
+                        }
+                    }
+                };
+                if finished {
+                    stream_counts
+                        .streams_answered
+                        .fetch_add(1, Ordering::SeqCst);
+                }
             }
             open_here.fetch_sub(1, Ordering::SeqCst);
             stream_counts.open_streams.fetch_sub(1, Ordering::SeqCst);
@@ -163,4 +184,35 @@ where
             connection.graceful_shutdown();
         }
     }
+}
+
+/// Sends `total` bytes of `x`, 16 KiB at a time, each only once the client's window has
+/// room for it (so `bytes_sent` shows how far flow control let the body go).
+async fn send_within_window(
+    send: &mut h2::SendStream<Bytes>,
+    total: usize,
+    counts: &Counts,
+) -> bool {
+    const CHUNK: usize = 16 * 1024;
+    let mut left = total;
+    while left > 0 {
+        let want = left.min(CHUNK);
+        send.reserve_capacity(want);
+        let granted = loop {
+            match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => break n.min(want),
+                _ => return false,
+            }
+        };
+        if send
+            .send_data(Bytes::from(vec![b'x'; granted]), granted == left)
+            .is_err()
+        {
+            return false;
+        }
+        counts.bytes_sent.fetch_add(granted, Ordering::SeqCst);
+        left -= granted;
+    }
+    true
 }
