@@ -382,7 +382,7 @@ fn warm_up(generation: &Generation, fetch: impl Fn(&crate::config::ResolvedCrede
         let routes: Vec<String> = resolved
             .routes()
             .filter(|(_, r)| r.credential == index && r.disabled().is_none())
-            .map(|(l, r)| crate::cli::base_url(resolved, l.addr, &r.prefix))
+            .map(|(l, r)| resolved.base_url(l.addr, &r.prefix))
             .collect();
         tokio::spawn(async move {
             let source = cached.source().describe();

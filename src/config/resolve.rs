@@ -229,6 +229,36 @@ fn fill(template: &str, facts: &Facts) -> Result<Upstream, String> {
 }
 
 impl Resolved {
+    /// The base URL a client uses for a listener and prefix: over TLS, by the first name in
+    /// `allowed_hosts` (the name on the certificate); else from this machine.
+    pub fn base_url(&self, addr: SocketAddr, prefix: &str) -> String {
+        let tls = self.tls.is_some();
+        let scheme = if tls { "https" } else { "http" };
+        let named = self
+            .config
+            .guard
+            .allowed_hosts
+            .first()
+            .filter(|_| tls)
+            .cloned();
+        let host = if let Some(name) = named {
+            name
+        } else if addr.ip().is_unspecified() {
+            if addr.is_ipv4() {
+                "127.0.0.1".to_string()
+            } else {
+                "[::1]".to_string()
+            }
+        } else {
+            match addr {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            }
+        };
+        let path = if prefix == "/" { "" } else { prefix };
+        format!("{scheme}://{host}:{}{path}", addr.port())
+    }
+
     /// Every route with the listener that serves it, in listener order.
     pub fn routes(&self) -> impl Iterator<Item = (&ResolvedListener, &ResolvedRoute)> {
         self.listeners
