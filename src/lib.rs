@@ -10,7 +10,7 @@
 //! ```
 //!
 //! # Layout
-//! Bottom first; a module uses only modules above it in this list (`tests/it/layers.rs`
+//! Bottom first; a module uses only modules above it in this list (`src/layers.rs`
 //! checks it), so there is no import cycle.
 //! - [`runtime`]: where work runs — one serving thread per core, each with its own
 //!   upstream pool; slow and scheduled work on a background runtime.
@@ -36,8 +36,8 @@
 //!   forward, classify and retry once, errors in the Anthropic shape.
 //! - [`server`]: binds listeners, accepts HTTP/1.1 and h2 (TLS with certificate reload, or
 //!   cleartext), shuts down gracefully.
-//! - [`cli`]: the `check`, `env` and `status` reports (the command line itself lives in
-//!   `main.rs`).
+//! - [`cli`]: one file per command (`check`, `env`, `status`, `secret`, `hash-token`);
+//!   `main.rs` parses the command line and calls them.
 //! - [`app`]: the running process — generations of the config swapped on reload, the
 //!   admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), signals.
 #![forbid(unsafe_code)]
@@ -53,6 +53,8 @@ pub mod fields;
 pub mod files;
 pub mod headers;
 pub mod kinds;
+#[cfg(test)]
+mod layers;
 pub mod proxy;
 pub mod runtime;
 pub mod schemes;

@@ -10,7 +10,6 @@ mod google;
 mod hardening;
 mod http2;
 mod keychain;
-mod layers;
 mod operability;
 mod properties;
 mod proxy;
