@@ -86,7 +86,7 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         .map(|l| l.addr)
         .collect();
     for addr in addrs {
-        let listener = match TcpListener::bind(addr).await {
+        let listener = match crate::server::bind(addr) {
             Ok(listener) => listener,
             Err(error) => {
                 eprintln!("credproxy: cannot listen on {addr}: {error}");
@@ -211,7 +211,7 @@ async fn reload(
         if bound.contains_key(&listener.addr) {
             continue;
         }
-        match TcpListener::bind(listener.addr).await {
+        match crate::server::bind(listener.addr) {
             Ok(socket) => fresh.push((listener.addr, socket)),
             Err(error) => {
                 return rejected(&format!("cannot listen on {}: {error}", listener.addr));

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub auth_retries: Family<RetryLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_closed_for_room: Family<ListenerLabels, Counter>,
     pub caller_rejections: Family<ReasonLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     credentials: Arc<CredentialCells>,
@@ -130,6 +131,12 @@ impl Metrics {
             "Client connections open, by listener",
             connections_open.clone(),
         );
+        let connections_closed_for_room = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_closed_for_room",
+            "Connections with no request in flight asked to close because their listener was at max_connections, by listener",
+            connections_closed_for_room.clone(),
+        );
         let caller_rejections = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "caller_rejections",
@@ -151,6 +158,7 @@ impl Metrics {
             upstream_duration,
             auth_retries,
             connections_open,
+            connections_closed_for_room,
             caller_rejections,
             reloads,
             credentials,
