@@ -569,3 +569,39 @@ async fn a_stale_key_set_keeps_serving_while_the_provider_hangs() {
         proxy.output()
     );
 }
+
+#[tokio::test]
+async fn readyz_waits_for_the_providers_keys_and_follows_them_back() {
+    let ca = TestCa::new();
+    let key = SigningKey::ec("ec-1");
+    let idp = FakeIdp::start(&ca, &[&key]).await;
+    idp.set_down(true);
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let ca_file = scratch.write("ca.pem", &ca.pem);
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\nca_file = \"{}\"\n{}[callers]\nissuer = \"{}\"\naudiences = [\"credproxy\"]\njwks_refetch_interval = \"1s\"\n",
+        ca_file.display(),
+        route_config("/", &upstream.url()),
+        idp.issuer()
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    proxy
+        .wait_for_output("identity provider keys not available yet")
+        .await;
+    // Every credential holds a value, but no JWT caller can be admitted: not ready.
+    let ready = get(&proxy.admin_url("/readyz").await).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let waiting = &ready.json()["waiting"];
+    assert_eq!(waiting[0]["callers"], idp.issuer().as_str(), "{waiting}");
+    // The provider recovers: the keys are fetched without a request, and ready follows.
+    idp.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&proxy.admin_url("/readyz").await).await.status != 200 {
+        assert!(Instant::now() < deadline, "{}", proxy.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let token = key.sign(&claims(&idp, "ann", "ann@example.com", &[]));
+    let answer = bearer(&proxy.url("/v1/messages"), &token).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
