@@ -224,6 +224,10 @@ async fn jwt_callers_are_checked_admitted_and_attributed() {
     let mut silent = claims(&idp, "eve", "eve@example.com", &["eng"]);
     silent.as_object_mut().unwrap().remove("email_verified");
     forbidden(&bearer(&url, &rsa.sign(&silent)).await, "not verified");
+    // Only the boolean verifies: the string "true" does not.
+    let mut stringly = claims(&idp, "eve", "eve@example.com", &["eng"]);
+    stringly["email_verified"] = json!("true");
+    forbidden(&bearer(&url, &rsa.sign(&stringly)).await, "not verified");
     let sales = rsa.sign(&claims(&idp, "sam", "sam@example.com", &["sales"]));
     assert_eq!(bearer(&url, &sales).await.status, 200);
     forbidden(&bearer(&eng_url, &sales).await, "route `/eng`");
