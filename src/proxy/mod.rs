@@ -135,30 +135,48 @@ impl Proxy {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let mut log = AccessLog::start(request.method(), request.uri());
-        let response = match self.serve(request, &mut log).await {
+        let version = request.version();
+        let (parts, request_body) = request.into_parts();
+        let mut request_body = Some(request_body);
+        let mut response = match self.serve(parts, &mut request_body, &mut log).await {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.side());
                 error.into_response()
             }
         };
+        if let Some(unread) = request_body
+            && version == http::Version::HTTP_2
+        {
+            body::read_on_after_answer(unread);
+        }
+        let status = response.status();
         self.shared.metrics.request(
             log.route,
-            response.status().as_u16(),
+            status.as_u16(),
             log.attempts,
             started.elapsed(),
             log.upstream,
         );
-        log.finish(response.status(), started);
+        match response.body_mut() {
+            Either::Left(streaming) => streaming.report_at_end(
+                log.pending(status, started),
+                Arc::clone(&self.shared.metrics),
+            ),
+            Either::Right(whole) => {
+                log.finish(status, started, http_body::Body::size_hint(whole).lower())
+            }
+        }
         response
     }
 
+    /// Answers a request; `request_body` is taken when it is read (a refusal leaves it).
     async fn serve<'a>(
         &'a self,
-        request: Request<Incoming>,
+        mut parts: http::request::Parts,
+        request_body: &mut Option<Incoming>,
         log: &mut AccessLog<'a>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let (mut parts, body) = request.into_parts();
         self.guard.check(&parts)?;
         let caller = match &self.shared.callers {
             Some(callers) => {
@@ -218,7 +236,7 @@ impl Proxy {
         let slot = self.slot(route, &entry.slots).await?;
         let mut body = body::read_limited(
             &parts.headers,
-            body,
+            request_body.take().expect("the request body is read once"),
             self.shared.max_body,
             self.shared.body_read_timeout,
         )

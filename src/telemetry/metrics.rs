@@ -33,6 +33,13 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TruncatedLabels {
+    pub route: String,
+    /// `upstream` or `client`: the side that cut the answer short.
+    pub by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub route: String,
     pub credential: String,
@@ -77,6 +84,7 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub auth_retries: Family<RetryLabels, Counter>,
+    pub truncated: Family<TruncatedLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections_closed_for_room: Family<ListenerLabels, Counter>,
     pub caller_rejections: Family<ReasonLabels, Counter>,
@@ -125,6 +133,12 @@ impl Metrics {
             "Requests replayed once because the upstream rejected the credential",
             auth_retries.clone(),
         );
+        let truncated = Family::<TruncatedLabels, Counter>::default();
+        registry.register(
+            "responses_truncated",
+            "Streamed answers cut short after their head went out, by route and the side that cut them (upstream: reset, closed or stalled mid-body; client: went away)",
+            truncated.clone(),
+        );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "connections_open",
@@ -157,6 +171,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             auth_retries,
+            truncated,
             connections_open,
             connections_closed_for_room,
             caller_rejections,
