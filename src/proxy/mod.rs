@@ -107,6 +107,11 @@ pub struct Proxy {
     shared: Arc<Shared>,
     routes: RouteTable,
     guard: Guard,
+    /// Prefixes of the routes whose clients are Claude Code in Bedrock mode, which takes
+    /// any 403 for an expired AWS credential and retries it for minutes; a caller refused
+    /// there gets 401 with `x-should-retry: false` instead, which it shows at once
+    /// (docs/research/claude-code-refusals.md).
+    bedrock_routes: Vec<String>,
 }
 
 /// One upstream answer, with the credential value that was applied to its request.
@@ -125,10 +130,21 @@ impl Proxy {
         bound: SocketAddr,
         previous: Option<&Proxy>,
     ) -> Self {
+        let bedrock_routes = routes
+            .iter()
+            .filter(|r| {
+                matches!(
+                    resolved.client_env(r),
+                    Some(crate::kinds::ClientEnv::Bedrock { .. })
+                )
+            })
+            .map(|r| r.prefix.clone())
+            .collect();
         Proxy {
             shared,
             routes: RouteTable::inheriting(routes, previous.map(|p| &p.routes)),
             guard: Guard::new(resolved.config.guard.clone(), bound),
+            bedrock_routes,
         }
     }
 
@@ -142,7 +158,12 @@ impl Proxy {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.side());
-                error.into_response()
+                let refused = matches!(error, ProxyError::CallerRefused(_));
+                let mut response = error.into_response();
+                if refused && self.bedrock_clients(log.path()) {
+                    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                }
+                response
             }
         };
         if let Some(unread) = request_body
@@ -184,11 +205,11 @@ impl Proxy {
                 // future that requests without callers should not carry.
                 let caller = Box::pin(callers.authenticate(&parts.headers))
                     .await
-                    .map_err(|e| self.caller_error(ProxyError::Caller(e)))?;
+                    .map_err(|e| self.caller_error(probe(&parts), ProxyError::Caller(e)))?;
                 log.caller = Some(Arc::clone(&caller.label));
                 callers
                     .admit(&caller)
-                    .map_err(|e| self.caller_error(ProxyError::CallerRefused(e)))?;
+                    .map_err(|e| self.caller_error(false, ProxyError::CallerRefused(e)))?;
                 Some(caller)
             }
             None => None,
@@ -219,7 +240,7 @@ impl Proxy {
         if let (Some(callers), Some(caller)) = (&self.shared.callers, &caller) {
             callers
                 .admit_route(caller, &route.prefix, route.groups.as_deref())
-                .map_err(|e| self.caller_error(ProxyError::CallerRefused(e)))?;
+                .map_err(|e| self.caller_error(false, ProxyError::CallerRefused(e)))?;
         }
         let credential = &self.shared.credentials[route.credential];
         log.route = Some(&route.prefix);
@@ -291,9 +312,20 @@ impl Proxy {
             .await
     }
 
-    /// Counts a caller refusal by its reason.
-    fn caller_error(&self, error: ProxyError) -> ProxyError {
+    /// Whether the route for `path` serves Claude Code in Bedrock mode.
+    fn bedrock_clients(&self, path: &str) -> bool {
+        !self.bedrock_routes.is_empty()
+            && self
+                .routes
+                .find(path)
+                .is_some_and(|entry| self.bedrock_routes.contains(&entry.route.prefix))
+    }
+
+    /// Counts a caller refusal by its reason; a client's start-up probe that carries no
+    /// token (`probe`) apart, so dashboards of refusals show refusals.
+    fn caller_error(&self, probe: bool, error: ProxyError) -> ProxyError {
         let reason = match &error {
+            ProxyError::Caller(crate::callers::CallerError::Missing { .. }) if probe => "probe",
             ProxyError::Caller(e) => e.reason(),
             ProxyError::CallerRefused(r) => r.reason,
             _ => "other",
@@ -530,6 +562,14 @@ impl Proxy {
             Err(_) => Err(timeout()),
         }
     }
+}
+
+/// Whether a request is one of the calls Claude Code makes at start-up without a token
+/// (docs/research/claude-code-headers.md): `HEAD` on its base URL to warm the connection,
+/// and Bedrock mode's `GET …/inference-profiles`.
+fn probe(parts: &http::request::Parts) -> bool {
+    parts.method == Method::HEAD
+        || (parts.method == Method::GET && parts.uri.path().ends_with("/inference-profiles"))
 }
 
 /// An upstream answer: still streaming, or read whole because the classifier needed its

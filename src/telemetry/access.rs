@@ -116,6 +116,11 @@ impl<'a> AccessLog<'a> {
         }
     }
 
+    /// The request's path (without the query).
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
     /// Writes the line for an answer sent whole (`bytes` of body).
     pub fn finish(self, status: StatusCode, started: Instant, bytes: u64) {
         self.write(status, started, bytes, None);

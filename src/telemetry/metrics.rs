@@ -154,7 +154,7 @@ impl Metrics {
         let caller_rejections = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "caller_rejections",
-            "Requests refused because of the caller (no or invalid token, not admitted), by reason",
+            "Requests refused because of the caller (no or invalid token, not admitted), by reason; `probe`: a client's start-up call without a token (HEAD, Bedrock's inference-profiles)",
             caller_rejections.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();

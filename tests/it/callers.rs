@@ -609,3 +609,112 @@ async fn readyz_waits_for_the_providers_keys_and_follows_them_back() {
     let answer = bearer(&proxy.url("/v1/messages"), &token).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
+
+#[tokio::test]
+async fn claude_codes_start_up_probes_are_counted_apart_from_refusals() {
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\n{}[callers]\n[[callers.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\n",
+        route_config("/", &upstream.url()),
+        sha256_hex(ROBOT_TOKEN)
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    let no_token =
+        |request: http::request::Builder| send(request.body(Full::new(Bytes::new())).unwrap());
+    // What Claude Code sends at start, without a token: still refused, counted as probes.
+    let warm = no_token(Request::head(proxy.url("/"))).await;
+    assert_eq!(warm.status, 401);
+    let profiles = no_token(Request::get(
+        proxy.url("/bedrock/inference-profiles?type=SYSTEM_DEFINED"),
+    ))
+    .await;
+    assert_eq!(profiles.status, 401);
+    // A real request without a token, and a probe with a wrong one: refusals.
+    assert_eq!(
+        no_token(Request::post(proxy.url("/v1/messages")))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        send(
+            Request::head(proxy.url("/"))
+                .header("x-api-key", "wrong")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        )
+        .await
+        .status,
+        401
+    );
+    let metrics = get(&proxy.admin_url("/metrics").await).await.text();
+    let count = |reason: &str| {
+        let line = format!("credproxy_caller_rejections_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line}in\n{metrics}"))
+            .to_string()
+    };
+    assert_eq!(count("probe"), "2");
+    assert_eq!(count("missing"), "1");
+    assert_eq!(count("unknown_token"), "1");
+}
+
+#[tokio::test]
+async fn a_caller_refused_on_a_bedrock_route_gets_401_that_claude_code_shows_at_once() {
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+[callers]
+[[callers.tokens]]
+name = "ci"
+sha256 = "{robot}"
+groups = ["sales"]
+
+[credentials.key]
+kind = "api_key"
+value = "k"
+
+[credentials.bedrock]
+kind = "bedrock_api_key"
+value = "b"
+
+[[routes]]
+prefix = "/"
+upstream = "{upstream}"
+credential = "key"
+groups = ["eng"]
+
+[[routes]]
+prefix = "/bedrock"
+upstream = "{upstream}"
+credential = "bedrock"
+groups = ["eng"]
+"#,
+        robot = sha256_hex(ROBOT_TOKEN),
+        upstream = upstream.url()
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    // Bedrock mode retries any 403 for minutes: the refusal is a 401 that says why and
+    // asks not to retry.
+    let bedrock = call(
+        &proxy.url("/bedrock/model/claude/invoke-with-response-stream"),
+        ("x-api-key", ROBOT_TOKEN),
+    )
+    .await;
+    assert_eq!(bedrock.status, 401, "{}", bedrock.text());
+    let (kind, message) = bedrock.error();
+    assert_eq!(kind, "permission_error");
+    assert!(message.contains("route `/bedrock`"), "{message}");
+    assert_eq!(bedrock.headers["x-should-retry"], "false");
+    assert_eq!(bedrock.headers["x-credproxy-error"], "caller");
+    // Other modes keep the 403.
+    forbidden(
+        &call(&proxy.url("/v1/messages"), ("x-api-key", ROBOT_TOKEN)).await,
+        "route `/`",
+    );
+    assert_eq!(upstream.count(), 0);
+}
