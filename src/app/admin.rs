@@ -2,9 +2,10 @@
 //! mixed with proxied routes:
 //!
 //! - `GET /healthz`: 200 while the process serves.
-//! - `GET /readyz`: 200 once every credential an enabled route uses holds a value; else 503
-//!   naming the ones that do not, and why (credproxy keeps fetching those in the
-//!   background, so readiness returns by itself when the source recovers).
+//! - `GET /readyz`: 200 once every credential an enabled route uses holds a value and, with
+//!   JWT callers, the identity provider's key set is held (else no caller with a JWT can be
+//!   admitted); else 503 naming what is missing, and why (credproxy keeps fetching those
+//!   in the background, so readiness returns by itself when the source recovers).
 //! - `GET /metrics`: Prometheus / OpenMetrics text.
 //! - `GET /status`: JSON per credential (kind, source, fetched at, expires in, fetches,
 //!   rejections, last error — never a value) and per route (upstream, credential, why
@@ -27,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::Current;
-use crate::config::{AdminListen, Resolved};
+use crate::config::AdminListen;
 use crate::proxy::guard::Guard;
 use crate::telemetry::Metrics;
 
@@ -102,7 +103,7 @@ fn answer(
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         "/readyz" => {
-            let waiting = not_ready(&generation.resolved);
+            let waiting = not_ready(&generation);
             let status = if waiting.is_empty() {
                 StatusCode::OK
             } else {
@@ -135,8 +136,16 @@ fn clone_head(request: &Request<Incoming>) -> (http::request::Parts, ()) {
     copy.into_parts()
 }
 
-/// Credentials an enabled route uses that hold no value yet: name and why.
-fn not_ready(resolved: &Resolved) -> Vec<Value> {
+/// Credentials an enabled route uses that hold no value yet, and the callers' key set
+/// while it is missing: name and why.
+fn not_ready(generation: &super::Generation) -> Vec<Value> {
+    let resolved = &generation.resolved;
+    let keys = generation
+        .shared
+        .callers
+        .as_ref()
+        .and_then(|callers| callers.keys_missing())
+        .map(|(issuer, reason)| json!({"callers": issuer, "reason": reason}));
     resolved
         .credentials
         .iter()
@@ -151,6 +160,7 @@ fn not_ready(resolved: &Resolved) -> Vec<Value> {
             };
             json!({"credential": c.name, "reason": reason})
         })
+        .chain(keys)
         .collect()
 }
 

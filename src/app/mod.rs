@@ -86,7 +86,7 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         .map(|l| l.addr)
         .collect();
     for addr in addrs {
-        let listener = match TcpListener::bind(addr).await {
+        let listener = match crate::server::bind(addr) {
             Ok(listener) => listener,
             Err(error) => {
                 eprintln!("credproxy: cannot listen on {addr}: {error}");
@@ -211,7 +211,7 @@ async fn reload(
         if bound.contains_key(&listener.addr) {
             continue;
         }
-        match TcpListener::bind(listener.addr).await {
+        match crate::server::bind(listener.addr) {
             Ok(socket) => fresh.push((listener.addr, socket)),
             Err(error) => {
                 return rejected(&format!("cannot listen on {}: {error}", listener.addr));
@@ -412,7 +412,8 @@ fn warm_up(generation: &Generation, fetch: impl Fn(&crate::config::ResolvedCrede
 }
 
 /// Fetches, in the background, every credential an enabled route uses that holds no value
-/// (its first fetch failed, or a rejection emptied it and the refetch failed), so that a
+/// (its first fetch failed, or a rejection emptied it and the refetch failed), and the
+/// callers' key set until one is held, so that a
 /// replica kept out of a load balancer by `/readyz` becomes ready by itself once the
 /// source recovers, without a request having to arrive first. Backs off from 5 s to 60 s
 /// while something is missing.
@@ -430,7 +431,9 @@ fn keep_fetching(current: Current) {
                 .filter(|(i, c)| resolved.unused_reason(*i).is_none() && c.cached.peek().is_none())
                 .map(|(_, c)| Arc::clone(&c.cached))
                 .collect();
-            if missing.is_empty() {
+            let callers = (generation.shared.callers.as_ref())
+                .filter(|callers| callers.keys_missing().is_some());
+            if missing.is_empty() && callers.is_none() {
                 pause = Duration::from_secs(5);
                 continue;
             }
@@ -438,6 +441,11 @@ fn keep_fetching(current: Current) {
                 if cached.get().await.is_ok() {
                     tracing::info!(credential = %cached.name(), "credential ready");
                 }
+            }
+            if let Some(callers) = callers
+                && let Some((issuer, Ok(keys))) = callers.prefetch_keys().await
+            {
+                tracing::info!(target: "credproxy::callers", %issuer, keys, "identity provider keys ready");
             }
             pause = (pause * 2).min(Duration::from_secs(60));
         }

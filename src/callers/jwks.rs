@@ -141,6 +141,20 @@ impl KeyStore {
         }
     }
 
+    /// `None` once a key set is held (fresh or stale: tokens signed with its keys are
+    /// checked); before that, why not (the last fetch's error, or that none finished yet).
+    pub fn missing(&self) -> Option<String> {
+        if self.current.load().is_some() {
+            return None;
+        }
+        let error = self
+            .refresh
+            .try_lock()
+            .ok()
+            .and_then(|state| state.last_error.clone());
+        Some(error.unwrap_or_else(|| "the signing keys have not been fetched yet".to_string()))
+    }
+
     /// Fetches the set now unless a fresh one is held: the number of usable keys, or why
     /// there are none (`credproxy check`, and the warm-up at start).
     pub async fn prefetch(&self) -> Result<usize, String> {

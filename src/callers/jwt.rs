@@ -138,11 +138,11 @@ impl JwtVerifier {
         let email = claim(&claims, &self.config.email_claim)
             .and_then(Value::as_str)
             .map(str::to_string);
-        let email_verified = claims.get("email_verified").and_then(|v| match v {
-            Value::Bool(b) => Some(*b),
-            Value::String(s) => s.parse::<bool>().ok(),
-            _ => None,
-        });
+        // Only the boolean `true` verifies an address (OpenID Connect Core §5.1): a string
+        // "true" is some other provider's convention or a forger's, and counts as false.
+        let email_verified = claims
+            .get("email_verified")
+            .map(|v| matches!(v, Value::Bool(true)));
         let groups = match claim(&claims, &self.config.groups_claim) {
             Some(Value::Array(items)) => items
                 .iter()

@@ -215,6 +215,14 @@ impl Callers {
         Some((jwt.config().issuer.clone(), jwt.keys().prefetch().await))
     }
 
+    /// `None` when callers can be admitted: static tokens only, or the identity
+    /// provider's key set is held; else the issuer and why JWTs cannot be checked yet.
+    pub fn keys_missing(&self) -> Option<(String, String)> {
+        let jwt = self.jwt.as_ref()?;
+        let reason = jwt.keys().missing()?;
+        Some((jwt.config().issuer.clone(), reason))
+    }
+
     /// The caller a request's headers prove, or why they prove none.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Caller>, CallerError> {
         let token = self.token(headers)?;

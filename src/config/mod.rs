@@ -128,14 +128,16 @@ pub struct TlsConfig {
 /// laptop and is configurable for a gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Time a client has to send a complete HTTP/1 request head, counted from when the
-    /// connection is ready for one.
+    /// Time a client has to send a complete HTTP/1 request head, counted from its first
+    /// byte; and to start its first request, counted from the connection's opening (TLS:
+    /// the handshake's end, which itself has this long).
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// A request body that sends no bytes for this long gets 408.
     pub body_read_timeout: Duration,
-    /// Client connections open at once on one listener; more wait in the kernel's backlog.
+    /// Client connections open at once on one listener; at the limit, connections with no
+    /// request in flight are closed to make room for new ones (`server::room`).
     pub max_connections: usize,
     /// Upstream requests in flight at once on one route (unless the route sets its own);
     /// more wait up to `queue_timeout`, then get 503.

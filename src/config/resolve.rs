@@ -12,7 +12,7 @@ use http::HeaderName;
 
 use super::{Config, KeysFrom, Route, UpstreamSpec};
 use crate::credentials::Cached;
-use crate::kinds::{Environment, Facts, Placeholder, RouteView, Spec};
+use crate::kinds::{ClientEnv, Environment, Facts, Placeholder, RouteView, Spec};
 use crate::schemes::Scheme;
 use crate::upstream::Upstream;
 
@@ -286,6 +286,20 @@ impl Resolved {
     }
 
     /// A route as `credproxy env` and the kinds see it (a disabled route has none).
+    /// What a route's clients must be told (`credproxy env`), `None` while it is disabled:
+    /// a translating route speaks the Anthropic API whatever its credential; a route to a
+    /// gateway's cloud route speaks that cloud's mode; else the credential kind says.
+    pub fn client_env(&self, route: &ResolvedRoute) -> Option<ClientEnv> {
+        let view = self.route_view(route)?;
+        if route.translate.is_some() {
+            return Some(ClientEnv::Anthropic);
+        }
+        if let Some(mode) = ClientEnv::of_gateway_path(&view.upstream.base_path) {
+            return Some(mode);
+        }
+        Some(self.credentials[route.credential].spec.client_env(&view))
+    }
+
     pub fn route_view<'a>(&'a self, route: &'a ResolvedRoute) -> Option<RouteView<'a>> {
         let credential = &self.credentials[route.credential];
         Some(RouteView {

@@ -240,6 +240,23 @@ pub enum ClientEnv {
     Note(String),
 }
 
+impl ClientEnv {
+    /// The mode a route to another credproxy's cloud route wants: its upstream ends in the
+    /// gateway's `/bedrock`, `/vertex` or `/foundry` (docs/gateway.md), whatever credential
+    /// the laptop applies to reach it. The region and project are the gateway's to know.
+    pub fn of_gateway_path(base_path: &str) -> Option<ClientEnv> {
+        match base_path.rsplit('/').next()? {
+            "bedrock" => Some(ClientEnv::Bedrock { region: None }),
+            "vertex" => Some(ClientEnv::Vertex {
+                region: None,
+                project: None,
+            }),
+            "foundry" => Some(ClientEnv::Foundry),
+            _ => None,
+        }
+    }
+}
+
 /// The kind named `name`.
 pub fn find(name: &str) -> Option<&'static dyn Kind> {
     KINDS.iter().copied().find(|k| k.name() == name)

@@ -4,6 +4,11 @@
 //! A body over the limit is read to its end and thrown away (up to [`DRAIN_CAP`] more bytes)
 //! before the 413 goes out: an HTTP/1 client that is still writing when the server closes
 //! sees a broken pipe instead of the 413 that explains it.
+//!
+//! An HTTP/2 request refused before its body was read (401, 403, 404, 503) is answered at
+//! once and its body read on and thrown away in the background, within the same bounds:
+//! dropping it would reset the stream (`RST_STREAM`), and curl, Node and others then
+//! report a stream error instead of the answer.
 
 use std::time::Duration;
 
@@ -104,6 +109,15 @@ async fn ready_now<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) ->
         })
     })
     .await
+}
+
+/// Reads and discards, on its own task, the rest of an HTTP/2 request body that the answer
+/// did not need, so its stream ends cleanly when the client has sent it.
+pub fn read_on_after_answer(body: Incoming) {
+    if http_body::Body::is_end_stream(&body) {
+        return;
+    }
+    tokio::spawn(drain(body, DRAIN_CAP));
 }
 
 /// Reads and discards up to `budget` bytes of what is left of a refused body.

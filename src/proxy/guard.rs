@@ -68,11 +68,13 @@ impl Guard {
                     origin: printable(value),
                 });
             }
-        } else if request
-            .headers
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        } else if let Some(site) = request.headers.get("sec-fetch-site")
+            && !(site.as_bytes().eq_ignore_ascii_case(b"same-origin")
+                || site.as_bytes().eq_ignore_ascii_case(b"none"))
         {
+            // `same-site` too: in localhost mode a page on another port of localhost is
+            // the same site, and could spend the credentials with a GET. Without an
+            // Origin, no allowed origin can vouch for it.
             return Err(ProxyError::CrossSite);
         }
         Ok(())
@@ -224,6 +226,31 @@ mod tests {
         assert!(
             g.check(&parts("/", &[host, ("sec-fetch-site", "none")]))
                 .is_ok()
+        );
+        assert!(
+            g.check(&parts("/", &[host, ("sec-fetch-site", "same-origin")]))
+                .is_ok()
+        );
+        for site in ["same-site", "Same-Site", "something-new"] {
+            assert!(
+                matches!(
+                    g.check(&parts("/", &[host, ("sec-fetch-site", site)])),
+                    Err(ProxyError::CrossSite)
+                ),
+                "{site}"
+            );
+        }
+        // A same-site request from an allowed origin passes.
+        assert!(
+            g.check(&parts(
+                "/",
+                &[
+                    host,
+                    ("sec-fetch-site", "same-site"),
+                    ("origin", "http://localhost:3000")
+                ]
+            ))
+            .is_ok()
         );
     }
 }

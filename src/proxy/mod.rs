@@ -108,6 +108,11 @@ pub struct Proxy {
     shared: Arc<Shared>,
     routes: RouteTable,
     guard: Guard,
+    /// Prefixes of the routes whose clients are Claude Code in Bedrock mode, which takes
+    /// any 403 for an expired AWS credential and retries it for minutes; a caller refused
+    /// there gets 401 with `x-should-retry: false` instead, which it shows at once
+    /// (docs/research/claude-code-refusals.md).
+    bedrock_routes: Vec<String>,
 }
 
 /// One upstream answer, with the credential value that was applied to its request.
@@ -126,40 +131,74 @@ impl Proxy {
         bound: SocketAddr,
         previous: Option<&Proxy>,
     ) -> Self {
+        let bedrock_routes = routes
+            .iter()
+            .filter(|r| {
+                matches!(
+                    resolved.client_env(r),
+                    Some(crate::kinds::ClientEnv::Bedrock { .. })
+                )
+            })
+            .map(|r| r.prefix.clone())
+            .collect();
         Proxy {
             shared,
             routes: RouteTable::inheriting(routes, previous.map(|p| &p.routes)),
             guard: Guard::new(resolved.config.guard.clone(), bound),
+            bedrock_routes,
         }
     }
 
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let mut log = AccessLog::start(request.method(), request.uri());
-        let response = match self.serve(request, &mut log).await {
+        let version = request.version();
+        let (parts, request_body) = request.into_parts();
+        let mut request_body = Some(request_body);
+        let mut response = match self.serve(parts, &mut request_body, &mut log).await {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.side());
-                error.into_response()
+                let refused = matches!(error, ProxyError::CallerRefused(_));
+                let mut response = error.into_response();
+                if refused && self.bedrock_clients(log.path()) {
+                    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                }
+                response
             }
         };
+        if let Some(unread) = request_body
+            && version == http::Version::HTTP_2
+        {
+            body::read_on_after_answer(unread);
+        }
+        let status = response.status();
         self.shared.metrics.request(
             log.route,
-            response.status().as_u16(),
+            status.as_u16(),
             log.attempts,
             started.elapsed(),
             log.upstream,
         );
-        log.finish(response.status(), started);
+        match response.body_mut() {
+            Either::Left(streaming) => streaming.report_at_end(
+                log.pending(status, started),
+                Arc::clone(&self.shared.metrics),
+            ),
+            Either::Right(whole) => {
+                log.finish(status, started, http_body::Body::size_hint(whole).lower())
+            }
+        }
         response
     }
 
+    /// Answers a request; `request_body` is taken when it is read (a refusal leaves it).
     async fn serve<'a>(
         &'a self,
-        request: Request<Incoming>,
+        mut parts: http::request::Parts,
+        request_body: &mut Option<Incoming>,
         log: &mut AccessLog<'a>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let (mut parts, body) = request.into_parts();
         self.guard.check(&parts)?;
         let caller = match &self.shared.callers {
             Some(callers) => {
@@ -167,11 +206,11 @@ impl Proxy {
                 // future that requests without callers should not carry.
                 let caller = Box::pin(callers.authenticate(&parts.headers))
                     .await
-                    .map_err(|e| self.caller_error(ProxyError::Caller(e)))?;
+                    .map_err(|e| self.caller_error(probe(&parts), ProxyError::Caller(e)))?;
                 log.caller = Some(Arc::clone(&caller.label));
                 callers
                     .admit(&caller)
-                    .map_err(|e| self.caller_error(ProxyError::CallerRefused(e)))?;
+                    .map_err(|e| self.caller_error(false, ProxyError::CallerRefused(e)))?;
                 Some(caller)
             }
             None => None,
@@ -202,7 +241,7 @@ impl Proxy {
         if let (Some(callers), Some(caller)) = (&self.shared.callers, &caller) {
             callers
                 .admit_route(caller, &route.prefix, route.groups.as_deref())
-                .map_err(|e| self.caller_error(ProxyError::CallerRefused(e)))?;
+                .map_err(|e| self.caller_error(false, ProxyError::CallerRefused(e)))?;
         }
         let credential = &self.shared.credentials[route.credential];
         log.route = Some(&route.prefix);
@@ -219,7 +258,7 @@ impl Proxy {
         let slot = self.slot(route, &entry.slots).await?;
         let mut body = body::read_limited(
             &parts.headers,
-            body,
+            request_body.take().expect("the request body is read once"),
             self.shared.max_body,
             self.shared.body_read_timeout,
         )
@@ -274,9 +313,20 @@ impl Proxy {
             .await
     }
 
-    /// Counts a caller refusal by its reason.
-    fn caller_error(&self, error: ProxyError) -> ProxyError {
+    /// Whether the route for `path` serves Claude Code in Bedrock mode.
+    fn bedrock_clients(&self, path: &str) -> bool {
+        !self.bedrock_routes.is_empty()
+            && self
+                .routes
+                .find(path)
+                .is_some_and(|entry| self.bedrock_routes.contains(&entry.route.prefix))
+    }
+
+    /// Counts a caller refusal by its reason; a client's start-up probe that carries no
+    /// token (`probe`) apart, so dashboards of refusals show refusals.
+    fn caller_error(&self, probe: bool, error: ProxyError) -> ProxyError {
         let reason = match &error {
+            ProxyError::Caller(crate::callers::CallerError::Missing { .. }) if probe => "probe",
             ProxyError::Caller(e) => e.reason(),
             ProxyError::CallerRefused(r) => r.reason,
             _ => "other",
@@ -526,6 +576,14 @@ impl Proxy {
             Err(_) => Err(timeout()),
         }
     }
+}
+
+/// Whether a request is one of the calls Claude Code makes at start-up without a token
+/// (docs/research/claude-code-headers.md): `HEAD` on its base URL to warm the connection,
+/// and Bedrock mode's `GET …/inference-profiles`.
+fn probe(parts: &http::request::Parts) -> bool {
+    parts.method == Method::HEAD
+        || (parts.method == Method::GET && parts.uri.path().ends_with("/inference-profiles"))
 }
 
 /// An upstream answer: still streaming, or read whole because the classifier needed its

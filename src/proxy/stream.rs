@@ -2,8 +2,11 @@
 //! holding the route's in-flight slot until it ends, and ended by credproxy when the route
 //! has a `stream_idle_timeout` and the upstream sends nothing for that long (an SSE stream
 //! gets a final `error` event in the Anthropic shape, so SDKs report why it stopped).
+//! When it ends — complete, cut by the upstream, or dropped because the client went
+//! away — its access line is written with the bytes sent and who cut it short.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +14,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
+
+use crate::telemetry::metrics::TruncatedLabels;
+use crate::telemetry::{Cut, Metrics, Pending};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -22,6 +28,33 @@ pub struct UpstreamBody {
     ended: bool,
     /// Bedrock's event stream re-emitted as SSE (a translating route).
     events: Option<super::translate::eventstream::EventStreamToSse>,
+    /// The access line, written when the answer ends.
+    end: Option<Box<End>>,
+}
+
+/// What is reported when the answer ends.
+#[derive(Debug)]
+struct End {
+    line: Pending,
+    metrics: Arc<Metrics>,
+    bytes: u64,
+    cut: Option<Cut>,
+}
+
+impl End {
+    fn report(self) {
+        if let Some(by) = self.cut {
+            let route = self.line.route.clone().unwrap_or_else(|| "-".to_string());
+            self.metrics
+                .truncated
+                .get_or_create(&TruncatedLabels {
+                    route,
+                    by: by.as_str(),
+                })
+                .inc();
+        }
+        self.line.finish(self.bytes, self.cut);
+    }
 }
 
 #[derive(Debug)]
@@ -57,6 +90,24 @@ impl UpstreamBody {
             }),
             ended: false,
             events: None,
+            end: None,
+        }
+    }
+
+    /// Writes `line` (and counts a truncation) when the answer ends.
+    pub fn report_at_end(&mut self, line: Pending, metrics: Arc<Metrics>) {
+        self.end = Some(Box::new(End {
+            line,
+            metrics,
+            bytes: 0,
+            cut: None,
+        }));
+    }
+
+    fn report(&mut self, cut: Option<Cut>) {
+        if let Some(mut end) = self.end.take() {
+            end.cut = end.cut.or(cut);
+            end.report();
         }
     }
 
@@ -70,11 +121,53 @@ impl UpstreamBody {
     }
 }
 
+impl Drop for UpstreamBody {
+    /// Dropped before its end: the client went away (the connection closed, or its HTTP/2
+    /// stream was reset).
+    fn drop(&mut self) {
+        let cut = (!self.is_end_stream()).then_some(Cut::Client);
+        self.report(cut);
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.as_mut().poll_body(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(end), Some(data)) = (&mut self.end, frame.data_ref()) {
+                    end.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.report(Some(Cut::Upstream)),
+            Poll::Ready(None) => self.report(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || (self.events.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.events.is_some() {
+            return SizeHint::default();
+        }
+        self.inner.size_hint()
+    }
+}
+
+impl UpstreamBody {
+    /// The next frame as the client gets it (translated, or an idle-timeout ending);
+    /// [`Body::poll_frame`] counts it for the access line.
+    fn poll_body(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -130,6 +223,9 @@ impl Body for UpstreamBody {
                 let stalled = StreamStalled(idle.after);
                 let sse = idle.sse;
                 self.ended = true;
+                if let Some(end) = &mut self.end {
+                    end.cut = Some(Cut::Upstream);
+                }
                 if sse {
                     let event = serde_json::json!({
                         "type": "error",
@@ -142,16 +238,5 @@ impl Body for UpstreamBody {
                 }
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || (self.events.is_none() && self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.events.is_some() {
-            return SizeHint::default();
-        }
-        self.inner.size_hint()
     }
 }

@@ -2,13 +2,15 @@
 //! `tls_cert`/`tls_key` are set — see [`tls`] — else h2c), with limits that keep any
 //! one client from pinning credproxy, and graceful shutdown.
 //!
-//! - Each listener accepts at most `max_connections` at once; beyond that, new connections
-//!   wait in the kernel's backlog (cheap) until one closes, and that is logged once per
-//!   interval, never per connection.
-//! - Each connection has a watchdog ([`connection::Activity`]): a request head must arrive
-//!   within `header_read_timeout` of its first byte, and a connection with no request in
-//!   flight is closed after `idle_timeout`. So idle or slow sockets are reaped, and when
-//!   file descriptors run out credproxy recovers by itself.
+//! - Each listener accepts at most `max_connections` at once; at the limit it makes room
+//!   by closing a connection with no request in flight, silent ones first ([`room`]), so
+//!   sockets that hold a place and say nothing cannot keep new clients in the kernel's
+//!   backlog. That is logged once per interval, never per connection.
+//! - Each connection has a watchdog ([`connection::Activity`]): the first request must
+//!   start within `header_read_timeout` of the opening (the TLS handshake's end), a
+//!   request head must arrive within `header_read_timeout` of its first byte, and a
+//!   connection with no request in flight is closed after `idle_timeout`. So idle or slow
+//!   sockets are reaped, and when file descriptors run out credproxy recovers by itself.
 //! - Listeners are accepted on the background runtime; each accepted connection is handed
 //!   to one serving worker ([`crate::runtime::Workers`], round robin) and lives there.
 //! - [`Server`] takes listeners that are already bound, so `main` binds where it likes
@@ -16,6 +18,7 @@
 //!   and closes listeners while the others keep serving.
 
 pub mod connection;
+pub mod room;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -28,7 +31,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -40,6 +43,7 @@ use crate::runtime::Workers;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ListenerLabels;
 use connection::{Activity, Expired, Tracked, Watched};
+use room::Connections;
 
 /// A bound listener, what serves it, and its TLS when it has one. Both are swapped by a
 /// reload without touching the socket.
@@ -54,6 +58,26 @@ pub struct Bound {
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// At most one "limit reached" or "accept failed" line per listener per interval.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The accept queue asked of the kernel, which caps it at `net.core.somaxconn` (4,096 on
+/// current Linux): a listener making room accepts clients as fast as they come, so a deep
+/// queue keeps a burst of connections waiting there instead of dropping their SYNs (which
+/// clients resend only after a second or more). tokio's default is 1,024.
+const BACKLOG: u32 = 65_535;
+
+/// Binds a proxy listener with a deep accept queue ([`BACKLOG`]).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio do on Unix: a restart can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// What every connection task shares.
 struct Context {
@@ -231,7 +255,15 @@ async fn accept(
             listener: addr.clone(),
         })
         .clone();
+    let made_room = context
+        .metrics
+        .connections_closed_for_room
+        .get_or_create(&ListenerLabels {
+            listener: addr.clone(),
+        })
+        .clone();
     let slots = Arc::new(Semaphore::new(context.limits.max_connections));
+    let connections = Arc::new(Connections::default());
     let mut full = Throttled::new();
     let mut failing = Throttled::new();
     loop {
@@ -240,12 +272,11 @@ async fn accept(
             Err(_) => {
                 if let Some(suppressed) = full.due() {
                     tracing::warn!(listener = %addr, max_connections = context.limits.max_connections, suppressed,
-                        "connection limit reached; new connections wait until open ones close");
+                        "connection limit reached; closing connections with no request in flight to make room");
                 }
-                Arc::clone(&slots)
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed")
+                let (permit, asked) = connections.make_room(&slots).await;
+                made_room.inc_by(asked);
+                permit
             }
         };
         let (stream, peer) = match listener.accept().await {
@@ -253,13 +284,22 @@ async fn accept(
             Err(error) => {
                 if let Some(suppressed) = failing.due() {
                     tracing::warn!(listener = %addr, %error, suppressed,
-                        "accept failed; pausing (out of file descriptors? open connections are closed by their timeouts)");
+                        "accept failed; pausing (out of file descriptors? closing idle connections to make room)");
                 }
-                // Out of file descriptors and the like: pause instead of spinning.
+                // Out of file descriptors and the like: free one and pause instead of
+                // spinning.
+                if connections.ask_one_to_close() {
+                    made_room.inc();
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        // Read once: a reload in between must not make the clocks expect a handshake that
+        // does not happen.
+        let tls = serving.tls.load_full();
+        let activity = Activity::new(tls.is_some());
+        let registered = connections.register(Arc::clone(&activity));
         // The socket moves to the worker's own runtime.
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -283,24 +323,37 @@ async fn accept(
             };
             let _ = stream.set_nodelay(true);
             open_here.inc();
-            match serving.tls.load_full() {
-                None => serve(stream, peer, serving, stopped, &context).await,
+            match tls {
+                None => serve(stream, peer, serving, stopped, &context, activity).await,
                 Some(acceptor) => {
-                    // The handshake counts against the time a client has to send its head.
+                    // The handshake has `header_read_timeout`, then the first request as
+                    // long again from its end.
                     let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(context.limits.header_read_timeout, handshake).await
-                    {
-                        Ok(Ok(stream)) => serve(stream, peer, serving, stopped, &context).await,
-                        Ok(Err(error)) => {
+                    let handshake =
+                        tokio::time::timeout(context.limits.header_read_timeout, handshake);
+                    let shaken = tokio::select! {
+                        shaken = handshake => Some(shaken),
+                        _ = activity.close_requested() => None,
+                    };
+                    match shaken {
+                        Some(Ok(Ok(stream))) => {
+                            activity.opened();
+                            serve(stream, peer, serving, stopped, &context, activity).await
+                        }
+                        Some(Ok(Err(error))) => {
                             tracing::debug!(%peer, %error, "TLS handshake failed");
                         }
-                        Err(_) => {
+                        Some(Err(_)) => {
                             tracing::debug!(%peer, "TLS handshake too slow; closing the connection")
+                        }
+                        None => {
+                            tracing::debug!(%peer, "closed during its TLS handshake to make room")
                         }
                     }
                 }
             }
             open_here.dec();
+            drop(registered);
             drop(permit);
         });
     }
@@ -314,12 +367,12 @@ async fn serve<IO>(
     serving: Arc<Serving>,
     mut shutdown: watch::Receiver<bool>,
     context: &Context,
+    activity: Arc<Activity>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _open = context.open.clone();
     context.count.fetch_add(1, Ordering::AcqRel);
-    let activity = Activity::new();
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
     let service = {
         let activity = Arc::clone(&activity);
@@ -349,7 +402,22 @@ async fn serve<IO>(
     tokio::pin!(stop);
     let changed = activity.changed();
     tokio::pin!(changed);
+    // Whether hyper has read what the client sent so far: a close request is honoured only
+    // after, so a client whose request is already in the socket is served.
+    let mut polled = false;
     loop {
+        // Asked to make room: on this task no request can start between the check and the
+        // close. One that never served has nothing to finish writing.
+        if polled && closing.is_none() && activity.take_close_request() {
+            if !activity.served() {
+                tracing::debug!(%peer, "closed to make room (no request yet)");
+                break;
+            }
+            tracing::debug!(%peer, "idle connection closed to make room");
+            connection.as_mut().graceful_shutdown();
+            closing = Some(Instant::now() + CLOSE_GRACE);
+        }
+        polled = true;
         let watchdog = activity.deadline(limits.header_read_timeout, limits.idle_timeout);
         let wake = match (closing, watchdog) {
             (Some(by), _) => Some(by),
@@ -363,6 +431,8 @@ async fn serve<IO>(
             armed = Some(at);
         }
         tokio::select! {
+            // The connection first: it reads what arrived before a wake-up is acted on.
+            biased;
             ended = connection.as_mut() => {
                 if let Err(error) = ended {
                     tracing::debug!(%peer, error = %error, "connection ended with an error");
@@ -395,6 +465,7 @@ async fn serve<IO>(
                 {
                     match why {
                         Expired::SlowHead => tracing::debug!(%peer, "request head too slow; closing the connection"),
+                        Expired::NoRequest => tracing::debug!(%peer, "no request within header_read_timeout of opening; closing the connection"),
                         Expired::Idle => tracing::debug!(%peer, "connection idle; closing it"),
                     }
                     connection.as_mut().graceful_shutdown();

@@ -1,7 +1,13 @@
 //! The access log: one line per request, built from an allow-list of fields (method,
 //! route, path without query, status, attempts, upstream and total milliseconds,
-//! credential name, caller). Headers are never logged, so no key, token or signature can
-//! reach the log through it.
+//! credential name, caller, body bytes sent, and which side cut an answer short). Headers
+//! are never logged, so no key, token or signature can reach the log through it.
+//!
+//! The line is written when the answer ends: at once for credproxy's own answers, when
+//! the last byte went out for a streamed one ([`Pending`]), so `total_ms` and `bytes`
+//! cover the whole answer and a stream cut short says so (`truncated="upstream"` when the
+//! upstream reset or closed mid-body or went quiet past `stream_idle_timeout`,
+//! `truncated="client"` when the client went away first).
 //!
 //! The line is the one tracing's formatter writes for a `credproxy::access` event, byte for
 //! byte (a test renders both), but unless it is text in colour it is written straight to
@@ -45,6 +51,57 @@ pub struct AccessLog<'a> {
     pub error: Option<Side>,
 }
 
+/// Which side cut an answer short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The upstream reset or closed the stream mid-body, or went quiet for longer than the
+    /// route allows.
+    Upstream,
+    /// The client closed its connection (or reset its stream) before the end.
+    Client,
+}
+
+impl Cut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cut::Upstream => "upstream",
+            Cut::Client => "client",
+        }
+    }
+}
+
+/// A streamed answer's line, written when the answer ends: owns what the line needs.
+#[derive(Debug)]
+pub struct Pending {
+    method: Method,
+    uri: Uri,
+    pub route: Option<String>,
+    credential: Option<String>,
+    caller: Option<Arc<str>>,
+    attempts: u32,
+    upstream: Option<Duration>,
+    error: Option<Side>,
+    status: StatusCode,
+    started: Instant,
+}
+
+impl Pending {
+    /// Writes the line: `bytes` of body sent, and who cut it short if anyone did.
+    pub fn finish(self, bytes: u64, truncated: Option<Cut>) {
+        AccessLog {
+            method: self.method,
+            uri: self.uri,
+            route: self.route.as_deref(),
+            credential: self.credential.as_deref(),
+            caller: self.caller,
+            attempts: self.attempts,
+            upstream: self.upstream,
+            error: self.error,
+        }
+        .write(self.status, self.started, bytes, truncated);
+    }
+}
+
 impl<'a> AccessLog<'a> {
     pub fn start(method: &Method, uri: &Uri) -> Self {
         AccessLog {
@@ -59,8 +116,33 @@ impl<'a> AccessLog<'a> {
         }
     }
 
-    /// Written when the response head is ready; a streamed body may still be flowing.
-    pub fn finish(self, status: StatusCode, started: Instant) {
+    /// The request's path (without the query).
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// Writes the line for an answer sent whole (`bytes` of body).
+    pub fn finish(self, status: StatusCode, started: Instant, bytes: u64) {
+        self.write(status, started, bytes, None);
+    }
+
+    /// For an answer that streams: the line, to be written when it ends.
+    pub fn pending(self, status: StatusCode, started: Instant) -> Pending {
+        Pending {
+            method: self.method,
+            uri: self.uri,
+            route: self.route.map(str::to_string),
+            credential: self.credential.map(str::to_string),
+            caller: self.caller,
+            attempts: self.attempts,
+            upstream: self.upstream,
+            error: self.error,
+            status,
+            started,
+        }
+    }
+
+    fn write(self, status: StatusCode, started: Instant, bytes: u64, truncated: Option<Cut>) {
         let path = self.uri.path();
         let line = Line {
             method: self.method.as_str(),
@@ -73,6 +155,8 @@ impl<'a> AccessLog<'a> {
             credential: self.credential.unwrap_or("-"),
             caller: self.caller.as_deref().unwrap_or("-"),
             error: self.error.map(Side::as_str),
+            bytes,
+            truncated: truncated.map(Cut::as_str),
         };
         let now = SystemTime::now();
         match DIRECT.get() {
@@ -93,7 +177,9 @@ impl<'a> AccessLog<'a> {
                     total_ms,
                     credential,
                     caller,
-                    error
+                    error,
+                    bytes,
+                    truncated
                 ) {
                     let mut out = Vec::with_capacity(320);
                     line.render(direct.format, now, &mut out);
@@ -125,6 +211,8 @@ struct Line<'a> {
     credential: &'a str,
     caller: &'a str,
     error: Option<&'static str>,
+    bytes: u64,
+    truncated: Option<&'static str>,
 }
 
 impl Line<'_> {
@@ -142,6 +230,8 @@ impl Line<'_> {
             credential = self.credential,
             caller = self.caller,
             error = self.error,
+            bytes = self.bytes,
+            truncated = self.truncated,
         );
     }
 
@@ -168,6 +258,10 @@ impl Line<'_> {
                 if let Some(error) = self.error {
                     let _ = write!(out, " error={error:?}");
                 }
+                let _ = write!(out, " bytes={}", self.bytes);
+                if let Some(truncated) = self.truncated {
+                    let _ = write!(out, " truncated={truncated:?}");
+                }
             }
             LogFormat::Json => {
                 let field = |out: &mut Vec<u8>, name: &str, value: &dyn erased::Json| {
@@ -188,6 +282,10 @@ impl Line<'_> {
                 field(out, "caller", &self.caller);
                 if let Some(error) = self.error {
                     field(out, "error", &error);
+                }
+                field(out, "bytes", &self.bytes);
+                if let Some(truncated) = self.truncated {
+                    field(out, "truncated", &truncated);
                 }
                 out.extend_from_slice(b",\"target\":\"credproxy::access\"}");
             }

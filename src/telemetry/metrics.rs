@@ -33,6 +33,13 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TruncatedLabels {
+    pub route: String,
+    /// `upstream` or `client`: the side that cut the answer short.
+    pub by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub route: String,
     pub credential: String,
@@ -77,7 +84,9 @@ pub struct Metrics {
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub auth_retries: Family<RetryLabels, Counter>,
+    pub truncated: Family<TruncatedLabels, Counter>,
     pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_closed_for_room: Family<ListenerLabels, Counter>,
     pub caller_rejections: Family<ReasonLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub upstream_stream_wait: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -125,16 +134,28 @@ impl Metrics {
             "Requests replayed once because the upstream rejected the credential",
             auth_retries.clone(),
         );
+        let truncated = Family::<TruncatedLabels, Counter>::default();
+        registry.register(
+            "responses_truncated",
+            "Streamed answers cut short after their head went out, by route and the side that cut them (upstream: reset, closed or stalled mid-body; client: went away)",
+            truncated.clone(),
+        );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "connections_open",
             "Client connections open, by listener",
             connections_open.clone(),
         );
+        let connections_closed_for_room = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_closed_for_room",
+            "Connections with no request in flight asked to close because their listener was at max_connections, by listener",
+            connections_closed_for_room.clone(),
+        );
         let caller_rejections = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "caller_rejections",
-            "Requests refused because of the caller (no or invalid token, not admitted), by reason",
+            "Requests refused because of the caller (no or invalid token, not admitted), by reason; `probe`: a client's start-up call without a token (HEAD, Bedrock's inference-profiles)",
             caller_rejections.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
@@ -162,7 +183,9 @@ impl Metrics {
             request_duration,
             upstream_duration,
             auth_retries,
+            truncated,
             connections_open,
+            connections_closed_for_room,
             caller_rejections,
             reloads,
             upstream_stream_wait,

@@ -1,8 +1,9 @@
 //! Logging: tracing to stderr, as text or JSON lines, and the access log.
 //!
 //! The access log is built from an allow-list of fields (method, route, path without
-//! query, status, attempts, upstream and total milliseconds, credential name, caller). Headers are
-//! never logged, so no key, token or signature can reach the log through it.
+//! query, status, attempts, upstream and total milliseconds, credential name, caller, bytes
+//! sent, truncation). Headers are never logged, so no key, token or signature can reach
+//! the log through it.
 
 mod access;
 mod batched;
@@ -10,7 +11,7 @@ pub mod metrics;
 
 use std::io::IsTerminal;
 
-pub use access::AccessLog;
+pub use access::{AccessLog, Cut, Pending};
 pub use batched::FlushGuard;
 pub use metrics::Metrics;
 use tracing_subscriber::EnvFilter;

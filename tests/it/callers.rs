@@ -224,6 +224,10 @@ async fn jwt_callers_are_checked_admitted_and_attributed() {
     let mut silent = claims(&idp, "eve", "eve@example.com", &["eng"]);
     silent.as_object_mut().unwrap().remove("email_verified");
     forbidden(&bearer(&url, &rsa.sign(&silent)).await, "not verified");
+    // Only the boolean verifies: the string "true" does not.
+    let mut stringly = claims(&idp, "eve", "eve@example.com", &["eng"]);
+    stringly["email_verified"] = json!("true");
+    forbidden(&bearer(&url, &rsa.sign(&stringly)).await, "not verified");
     let sales = rsa.sign(&claims(&idp, "sam", "sam@example.com", &["sales"]));
     assert_eq!(bearer(&url, &sales).await.status, 200);
     forbidden(&bearer(&eng_url, &sales).await, "route `/eng`");
@@ -568,4 +572,149 @@ async fn a_stale_key_set_keeps_serving_while_the_provider_hangs() {
         "one background refresh at a time\n{}",
         proxy.output()
     );
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_providers_keys_and_follows_them_back() {
+    let ca = TestCa::new();
+    let key = SigningKey::ec("ec-1");
+    let idp = FakeIdp::start(&ca, &[&key]).await;
+    idp.set_down(true);
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let ca_file = scratch.write("ca.pem", &ca.pem);
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\nca_file = \"{}\"\n{}[callers]\nissuer = \"{}\"\naudiences = [\"credproxy\"]\njwks_refetch_interval = \"1s\"\n",
+        ca_file.display(),
+        route_config("/", &upstream.url()),
+        idp.issuer()
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    proxy
+        .wait_for_output("identity provider keys not available yet")
+        .await;
+    // Every credential holds a value, but no JWT caller can be admitted: not ready.
+    let ready = get(&proxy.admin_url("/readyz").await).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    let waiting = &ready.json()["waiting"];
+    assert_eq!(waiting[0]["callers"], idp.issuer().as_str(), "{waiting}");
+    // The provider recovers: the keys are fetched without a request, and ready follows.
+    idp.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&proxy.admin_url("/readyz").await).await.status != 200 {
+        assert!(Instant::now() < deadline, "{}", proxy.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let token = key.sign(&claims(&idp, "ann", "ann@example.com", &[]));
+    let answer = bearer(&proxy.url("/v1/messages"), &token).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn claude_codes_start_up_probes_are_counted_apart_from_refusals() {
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let config = format!(
+        "admin_listen = \"127.0.0.1:0\"\n{}[callers]\n[[callers.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\n",
+        route_config("/", &upstream.url()),
+        sha256_hex(ROBOT_TOKEN)
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    let no_token =
+        |request: http::request::Builder| send(request.body(Full::new(Bytes::new())).unwrap());
+    // What Claude Code sends at start, without a token: still refused, counted as probes.
+    let warm = no_token(Request::head(proxy.url("/"))).await;
+    assert_eq!(warm.status, 401);
+    let profiles = no_token(Request::get(
+        proxy.url("/bedrock/inference-profiles?type=SYSTEM_DEFINED"),
+    ))
+    .await;
+    assert_eq!(profiles.status, 401);
+    // A real request without a token, and a probe with a wrong one: refusals.
+    assert_eq!(
+        no_token(Request::post(proxy.url("/v1/messages")))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        send(
+            Request::head(proxy.url("/"))
+                .header("x-api-key", "wrong")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        )
+        .await
+        .status,
+        401
+    );
+    let metrics = get(&proxy.admin_url("/metrics").await).await.text();
+    let count = |reason: &str| {
+        let line = format!("credproxy_caller_rejections_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line}in\n{metrics}"))
+            .to_string()
+    };
+    assert_eq!(count("probe"), "2");
+    assert_eq!(count("missing"), "1");
+    assert_eq!(count("unknown_token"), "1");
+}
+
+#[tokio::test]
+async fn a_caller_refused_on_a_bedrock_route_gets_401_that_claude_code_shows_at_once() {
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+[callers]
+[[callers.tokens]]
+name = "ci"
+sha256 = "{robot}"
+groups = ["sales"]
+
+[credentials.key]
+kind = "api_key"
+value = "k"
+
+[credentials.bedrock]
+kind = "bedrock_api_key"
+value = "b"
+
+[[routes]]
+prefix = "/"
+upstream = "{upstream}"
+credential = "key"
+groups = ["eng"]
+
+[[routes]]
+prefix = "/bedrock"
+upstream = "{upstream}"
+credential = "bedrock"
+groups = ["eng"]
+"#,
+        robot = sha256_hex(ROBOT_TOKEN),
+        upstream = upstream.url()
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    // Bedrock mode retries any 403 for minutes: the refusal is a 401 that says why and
+    // asks not to retry.
+    let bedrock = call(
+        &proxy.url("/bedrock/model/claude/invoke-with-response-stream"),
+        ("x-api-key", ROBOT_TOKEN),
+    )
+    .await;
+    assert_eq!(bedrock.status, 401, "{}", bedrock.text());
+    let (kind, message) = bedrock.error();
+    assert_eq!(kind, "permission_error");
+    assert!(message.contains("route `/bedrock`"), "{message}");
+    assert_eq!(bedrock.headers["x-should-retry"], "false");
+    assert_eq!(bedrock.headers["x-credproxy-error"], "caller");
+    // Other modes keep the 403.
+    forbidden(
+        &call(&proxy.url("/v1/messages"), ("x-api-key", ROBOT_TOKEN)).await,
+        "route `/`",
+    );
+    assert_eq!(upstream.count(), 0);
 }

@@ -157,6 +157,34 @@ fn env_prints_what_a_client_needs() {
 }
 
 #[test]
+fn env_for_a_route_to_a_gateways_cloud_route_prints_that_clouds_mode() {
+    let scratch = Scratch::new();
+    let mut config = route_config("/bedrock", "https://gw.example.com/bedrock");
+    for cloud in ["vertex", "foundry"] {
+        config.push_str(&format!(
+            "[[routes]]\nprefix = \"/{cloud}\"\nupstream = \"https://gw.example.com/{cloud}\"\ncredential = \"key\"\n"
+        ));
+    }
+    let (status, stdout, _) = credproxy(&scratch, &config).run("env");
+    assert!(status.success());
+    assert!(!stdout.contains("ANTHROPIC_BASE_URL"), "{stdout}");
+    for line in [
+        "export CLAUDE_CODE_USE_BEDROCK=1",
+        "export ANTHROPIC_BEDROCK_BASE_URL=http://127.0.0.1:0/bedrock",
+        "export CLAUDE_CODE_SKIP_BEDROCK_AUTH=1",
+        "export CLAUDE_CODE_USE_VERTEX=1",
+        "export ANTHROPIC_VERTEX_BASE_URL=http://127.0.0.1:0/vertex/v1",
+        "export CLAUDE_CODE_USE_FOUNDRY=1",
+        "export ANTHROPIC_FOUNDRY_BASE_URL=http://127.0.0.1:0/foundry",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} missing:\n{stdout}"
+        );
+    }
+}
+
+#[test]
 fn the_embedded_default_is_used_without_a_config_and_printed_on_request() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_credproxy"))
         .arg("default-config")

@@ -45,10 +45,10 @@ async fn silent_slow_and_idle_connections_are_closed_by_their_timeouts() {
     let proxy = credproxy(&scratch, &timeouts_config(&upstream.url(), "")).start();
     let limit = Duration::from_secs(15);
 
-    // Connects and sends nothing: closed once idle.
+    // Connects and sends nothing: closed when no request began in header_read_timeout.
     let mut silent = TcpStream::connect(proxy.addr()).await.unwrap();
     let (_, open_for) = held_open(&mut silent, b"", limit).await;
-    assert!(open_for >= Duration::from_millis(1500), "{open_for:?}");
+    assert!(open_for >= Duration::from_millis(800), "{open_for:?}");
 
     // Stops in the middle of its request head (slowloris).
     let mut slow = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -91,7 +91,7 @@ async fn silent_slow_and_idle_connections_are_closed_by_their_timeouts() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_wait_and_idle_ones_are_reaped_to_make_room() {
+async fn connections_beyond_the_limit_make_room_by_closing_silent_ones() {
     let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
     let scratch = Scratch::new();
     let proxy = credproxy(
@@ -103,14 +103,15 @@ async fn connections_beyond_the_limit_wait_and_idle_ones_are_reaped_to_make_room
     for _ in 0..12 {
         hogs.push(TcpStream::connect(proxy.addr()).await.unwrap());
     }
-    // Served once the idle timeout has reaped the hogs ahead of it.
+    // Served: silent hogs are closed to make room for it.
     let answer = tokio::time::timeout(
         Duration::from_secs(20),
         post(&proxy.url("/v1/messages"), "{}"),
     )
     .await
-    .expect("a client behind a flood of idle sockets is served once they are reaped");
+    .expect("a client behind a flood of silent sockets is served");
     assert_eq!(answer.status, 200);
+    proxy.wait_for_output("connection limit reached").await;
     let output = proxy.output();
     let warnings = output.matches("connection limit reached").count();
     assert!(
@@ -485,4 +486,295 @@ async fn a_connection_idles_out_after_a_stream_longer_than_the_idle_timeout() {
         text.ends_with("0\r\n\r\n"),
         "the stream ended cleanly: {text}"
     );
+}
+
+#[tokio::test]
+async fn a_silent_connection_or_a_bare_http2_preface_gets_header_read_timeout_not_idle_timeout() {
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let config = format!(
+        "header_read_timeout = \"1s\"\nidle_timeout = \"5m\"\n{}",
+        config(&upstream.url(), r#"value = "k""#)
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    let limit = Duration::from_secs(30);
+    let mut silent = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (_, open_for) = held_open(&mut silent, b"", limit).await;
+    println!("a silent connection was closed after {open_for:?}");
+    // h2c prior knowledge: the preface and empty settings, then no request.
+    let mut preface = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (_, open_for) = held_open(
+        &mut preface,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        limit,
+    )
+    .await;
+    println!("a bare HTTP/2 preface was closed after {open_for:?}");
+}
+
+/// Sockets that hold places on a listener and say nothing: `count` of them, each opened
+/// again as soon as credproxy closes it (over TLS: handshaken, then silent).
+struct Flood {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Connections made so far (re-openings included).
+    opened: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Flood {
+    fn start(addr: std::net::SocketAddr, count: usize, tls: Option<&tls::TestCa>) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let opened = Arc::new(AtomicUsize::new(0));
+        // The attacker's own cost is not what is measured: it checks nothing, and resumes
+        // no session, so credproxy does a full handshake every time.
+        let connector = tls.map(|_| careless_connector());
+        let tasks = (0..count)
+            .map(|_| {
+                let opened = Arc::clone(&opened);
+                let connector = connector.clone();
+                tokio::spawn(async move {
+                    loop {
+                        // Closed during its handshake, or not accepted: again.
+                        let Ok(mut stream) = open(addr, connector.as_ref()).await else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        opened.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.read(&mut [0u8; 64]).await;
+                    }
+                })
+            })
+            .collect();
+        Flood { tasks, opened }
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A TLS client that accepts any certificate and never resumes: cheap for an attacker,
+/// a full handshake for the server.
+fn careless_connector() -> tokio_rustls::TlsConnector {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    #[derive(Debug)]
+    struct Anything(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for Anything {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Anything(provider)))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A client trusting the test CA, speaking HTTP/1.1.
+fn connector(ca: &tls::TestCa) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(Arc::new(ca.client_config(&[b"http/1.1"])))
+}
+
+/// A new connection, TLS-handshaken when a connector is given.
+async fn open(
+    addr: std::net::SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> std::io::Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    Ok(match tls {
+        None => Box::new(tcp),
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            Box::new(connector.connect(name, tcp).await?)
+        }
+    })
+}
+
+/// One request on a new connection (HTTP/1.1, over TLS when `ca` is given): how long
+/// until its answer had arrived whole.
+async fn served_in(addr: std::net::SocketAddr, ca: Option<&tls::TestCa>) -> Duration {
+    let started = Instant::now();
+    let request = b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let mut answer = Vec::new();
+    let mut stream = open(addr, ca.map(connector).as_ref()).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    started.elapsed()
+}
+
+/// Under a flood of `silent` sockets against `max_connections`: new clients are served,
+/// each within `bound`, and a stream in flight throughout is never cut. Returns the times.
+async fn served_under_flood(
+    tls: bool,
+    silent: usize,
+    max_connections: usize,
+    rounds: usize,
+    bound: Duration,
+) -> Vec<Duration> {
+    let gate = Arc::new(Semaphore::new(0));
+    let chunks: Vec<Bytes> = (0..3)
+        .map(|i| Bytes::from(format!("data: {i}\n\n")))
+        .collect();
+    let slow = FakeUpstream::gated_stream(&gate, chunks).await;
+    let upstream = FakeUpstream::start(|_| Reply::status(200, "{}")).await;
+    let scratch = Scratch::new();
+    let ca = tls.then(tls::TestCa::new);
+    let mut config = String::new();
+    if let Some(ca) = &ca {
+        let (cert, key) = ca.leaf();
+        scratch.write("cert.pem", &cert);
+        scratch.write("key.pem", &key);
+        config.push_str("tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n");
+    }
+    config.push_str(&format!(
+        "max_connections = {max_connections}\n{}[[routes]]\nprefix = \"/slow\"\nupstream = \"{}\"\ncredential = \"key\"\n",
+        route_config("/", &upstream.url()),
+        slow.url()
+    ));
+    let proxy = credproxy(&scratch, &config).start();
+    let addr = proxy.addr();
+
+    // A stream in flight (over HTTP/1.1, cleartext or TLS), its first event read.
+    let stream_request =
+        b"POST /slow/v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}";
+    let mut in_flight = open(addr, ca.as_ref().map(connector).as_ref())
+        .await
+        .unwrap();
+    in_flight.write_all(stream_request).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: 0") {
+        let n = in_flight.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "closed during the stream");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+
+    let flood = Flood::start(addr, silent, ca.as_ref());
+    let filled = Instant::now() + Duration::from_secs(60);
+    while flood.opened() < silent {
+        assert!(Instant::now() < filled, "the flood did not get going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let took = tokio::time::timeout(Duration::from_secs(60), served_in(addr, ca.as_ref()))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: not served within 60 s"));
+        times.push(took);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reopened = flood.opened();
+    drop(flood);
+    println!(
+        "{} listener, {silent} silent sockets (re-opened {reopened} times in all), max_connections {max_connections}: new clients served in {times:?}",
+        if tls { "TLS" } else { "cleartext" }
+    );
+    assert!(
+        reopened > silent + rounds,
+        "credproxy closed silent sockets to make room"
+    );
+    for (round, took) in times.iter().enumerate() {
+        assert!(
+            *took < bound,
+            "round {round}: {took:?} (bound {bound:?}): {times:?}"
+        );
+    }
+
+    // The stream went on through it all.
+    gate.add_permits(2);
+    let finish = async {
+        while !String::from_utf8_lossy(&seen).ends_with("0\r\n\r\n") {
+            let n = in_flight.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the stream in flight was cut");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), finish)
+        .await
+        .expect("the stream ends");
+    assert!(String::from_utf8_lossy(&seen).contains("data: 2"));
+    times
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_flood_of_silent_sockets_new_clients_are_served_at_once() {
+    // Four silent sockets per place; the issue's figure (5,000 against 1,024) is the
+    // ignored test below.
+    served_under_flood(false, 256, 64, 5, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_flood_of_silent_tls_sockets_new_clients_are_served_at_once() {
+    served_under_flood(true, 256, 64, 5, Duration::from_secs(5)).await;
+}
+
+/// The issue's figure: 5,000 silent sockets against the default `max_connections` (1,024).
+/// `cargo test --release --test it -- --ignored --nocapture five_thousand`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: 5,000 sockets and a minute of CPU"]
+async fn five_thousand_silent_sockets_against_the_default_limit() {
+    // 5,000 sockets here, and as many on credproxy's side (its accept queue included).
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    assert!(
+        hard >= 6_000,
+        "raise the open-file limit (ulimit -n) to 6,000 or more"
+    );
+    for tls in [false, true] {
+        served_under_flood(tls, 5_000, 1_024, 20, Duration::from_secs(5)).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! Black-box tests: the credproxy binary between clients and fakes on 127.0.0.1:0, one
 //! module per area. One test binary, so the fixtures compile once.
 
+mod answers;
 mod aws;
 mod azure;
 mod callers;

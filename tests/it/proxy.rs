@@ -455,6 +455,25 @@ credential = "key"
     )
     .await;
     assert_eq!(sneaky.status, 403);
+    // Another port on localhost is the same site, not the same origin: a GET from a page
+    // there, with no Origin, is refused too.
+    let neighbour = send(
+        Request::get(proxy.url("/anthropic/v1/models"))
+            .header("sec-fetch-site", "same-site")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(neighbour.status, 403, "{}", neighbour.text());
+    assert!(neighbour.error().1.contains("cross-site"));
+    let own = send(
+        Request::get(proxy.url("/anthropic/v1/models"))
+            .header("sec-fetch-site", "same-origin")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(own.status, 200);
     let allowed = send(
         Request::post(proxy.url("/anthropic/v1/messages"))
             .header("origin", "http://localhost:3000")
@@ -465,8 +484,8 @@ credential = "key"
     assert_eq!(allowed.status, 200);
     assert_eq!(
         upstream.count(),
-        1,
-        "only the allowed request reached the upstream"
+        2,
+        "only the allowed requests reached the upstream"
     );
 }
 

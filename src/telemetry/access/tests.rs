@@ -66,6 +66,8 @@ fn typical() -> Line<'static> {
         credential: "bench",
         caller: "-",
         error: None,
+        bytes: 1234,
+        truncated: None,
     }
 }
 
@@ -81,6 +83,8 @@ fn awkward() -> Line<'static> {
         credential: "-",
         caller: "sub \"x\" <a@example.com>",
         error: Some("client"),
+        bytes: 0,
+        truncated: None,
     }
 }
 
@@ -96,6 +100,8 @@ fn extremes() -> Line<'static> {
         credential: "aws",
         caller: "",
         error: Some("upstream"),
+        bytes: u64::MAX,
+        truncated: Some("upstream"),
     }
 }
 
