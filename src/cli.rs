@@ -106,7 +106,9 @@ fn expires_in(lifetime: Lifetime) -> String {
     match lifetime {
         Lifetime::UntilRejected => "never".to_string(),
         Lifetime::Ttl(ttl) => format!("{} (ttl)", humantime::format_duration(ttl)),
-        Lifetime::IssuerExpiry(at) => match at.duration_since(SystemTime::now()) {
+        Lifetime::IssuerExpiry(at) | Lifetime::Until { expires_at: at, .. } => match at
+            .duration_since(SystemTime::now())
+        {
             Ok(left) => humantime::format_duration(Duration::from_secs(left.as_secs())).to_string(),
             Err(_) => "expired".to_string(),
         },

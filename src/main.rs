@@ -59,6 +59,19 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Log in to the identity provider of `oidc` credential NAME (the only one when left
+    /// out): a browser with a loopback redirect, or a device code without a display.
+    Login {
+        name: Option<String>,
+        /// Use the device code flow (a code to enter on any device) instead of the browser.
+        #[arg(long)]
+        device: bool,
+    },
+    /// Print a current token of `oidc` credential NAME, refreshed if needed; fit for Claude
+    /// Code's `apiKeyHelper`. Exits 1 with what to do when there is none.
+    Token { name: Option<String> },
+    /// Revoke the login of `oidc` credential NAME at its identity provider and delete it.
+    Logout { name: Option<String> },
     /// Store or remove a credential's key in the OS keychain (`keychain = ...` in its table).
     Secret {
         #[command(subcommand)]
@@ -136,12 +149,56 @@ fn main() -> ExitCode {
             unreachable!("handled before logging starts")
         }
         Command::Secret { .. } => unreachable!("handled before the runtime starts"),
+        Command::Login { name, device } => runtime.block_on(login_command(
+            &resolved,
+            name.as_deref(),
+            Login::In { device },
+        )),
+        Command::Token { name } => {
+            runtime.block_on(login_command(&resolved, name.as_deref(), Login::Token))
+        }
+        Command::Logout { name } => {
+            runtime.block_on(login_command(&resolved, name.as_deref(), Login::Out))
+        }
     };
     // A credential fetch still running on the blocking pool (a keychain waiting for an
     // unlock prompt, the gcloud CLI) must not hold the exit: dropping the runtime would
     // wait for it without limit, with SIGINT and SIGTERM already caught.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     code
+}
+
+/// What `login_command` does.
+enum Login {
+    In { device: bool },
+    Token,
+    Out,
+}
+
+/// `credproxy login|token|logout [NAME]`: the person's lines on stderr, a token alone on
+/// stdout.
+async fn login_command(resolved: &Resolved, name: Option<&str>, what: Login) -> ExitCode {
+    let outcome = async {
+        let clients = credproxy::client::Clients::build(resolved)?;
+        let session = credproxy::login::find(resolved, name, clients.background())?;
+        match what {
+            Login::In { device } => {
+                credproxy::login::login(&session, device, &|line| eprintln!("{line}")).await
+            }
+            Login::Token => credproxy::login::token(&session).await,
+            Login::Out => credproxy::login::logout(&session).await,
+        }
+    };
+    match outcome.await {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credproxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `credproxy secret set|delete NAME`.
@@ -273,6 +330,11 @@ fn read_secret(prompt: &str, what: &str) -> Result<Secret, String> {
 
 async fn check(resolved: Resolved) -> ExitCode {
     println!("config: {} (valid)", resolved.config.origin.display_name());
+    if credproxy::login::any(&resolved)
+        && let Ok(clients) = credproxy::client::Clients::build(&resolved)
+    {
+        credproxy::login::bind(&resolved, clients.background());
+    }
     let rows = cli::check(&resolved).await;
     print!("{}", cli::format_check(&rows));
     let mut callers_ok = true;

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "telemetry",
     "client",
     "callers",
+    "login",
     "proxy",
     "server",
     "cli",

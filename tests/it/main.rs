@@ -11,6 +11,7 @@ mod hardening;
 mod http2;
 mod keychain;
 mod layers;
+mod oidc;
 mod operability;
 mod properties;
 mod proxy;
