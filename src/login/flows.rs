@@ -27,6 +27,8 @@ const BROWSER_WAIT: Duration = Duration::from_secs(300);
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// What `slow_down` adds to the interval (RFC 8628 §3.5).
 const SLOW_DOWN: Duration = Duration::from_secs(5);
+/// Google's issuer, which asks for refresh tokens its own way.
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 /// Set to anything to never open a browser (the URL is printed all the same).
 pub const NO_BROWSER_VAR: &str = "CREDPROXY_NO_BROWSER";
 
@@ -103,7 +105,13 @@ async fn browser(session: &Session, say: &dyn Fn(&str)) -> Result<(TokenAnswer, 
         .append_pair("nonce", &nonce)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    if spec.scopes.iter().any(|s| s == "offline_access") {
+    // Google takes no `offline_access` scope: it gives a refresh token for
+    // `access_type=offline`, and again on a later login only with `prompt=consent`.
+    let google = spec.issuer == GOOGLE_ISSUER;
+    if google {
+        query.append_pair("access_type", "offline");
+    }
+    if google || spec.scopes.iter().any(|s| s == "offline_access") {
         // Strict providers ignore `offline_access` without it (OpenID Connect Core §11).
         query.append_pair("prompt", "consent");
     }

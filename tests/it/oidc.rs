@@ -283,6 +283,8 @@ async fn a_dead_refresh_token_says_to_log_in_again_without_retrying() {
         "the dead refresh token was tried again"
     );
     assert_eq!(upstream.count(), 0);
+    let status = get(&proxy.admin_url("/status").await).await.text();
+    assert!(status.contains("run `credproxy login corp`"), "{status}");
 
     let (status, out, err) = run(&scratch, &config).run_async("token").await;
     assert!(!status.success());
@@ -385,4 +387,58 @@ groups = ["ai-users"]
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].header("x-api-key"), Some("real-upstream-key"));
     assert_eq!(requests[0].header("authorization"), None);
+}
+
+/// A JWT-shaped value with these times (the proxy reads, not verifies, what it sends).
+fn jwt_expiring(iat: i64, exp: i64) -> String {
+    format!(
+        "{}.{}.c2ln",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#),
+        URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"robot","iat":{iat},"exp":{exp}}}"#))
+    )
+}
+
+#[tokio::test]
+async fn a_helper_jwt_is_renewed_before_its_exp_not_its_ttl_and_an_expired_one_fails() {
+    let upstream = FakeUpstream::start(|_| Reply::status(200, r#"{"ok":true}"#)).await;
+    let scratch = Scratch::new();
+    let now = crate::support::idp::now();
+    let first = jwt_expiring(now, now + 5);
+    scratch.write("token", &first);
+    let helper = format!("cat {}", scratch.path("token").display());
+    let config = config(
+        &upstream.url(),
+        &format!("apply = \"bearer\"\nhelper = \"{helper}\"\nttl = \"1h\""),
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    let url = proxy.url("/v1/messages");
+    assert_eq!(post(&url, "{}").await.status, 200);
+    let second = jwt_expiring(now, now + 3600);
+    scratch.write("token", &second);
+    // Within the hour's ttl, but the first JWT's exp (less half a second) comes first.
+    let mut renewed = false;
+    for _ in 0..40 {
+        let answer = post(&url, "{}").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let sent = bearer_of(upstream.requests().last().unwrap());
+        if sent == second {
+            renewed = true;
+            break;
+        }
+        assert!(
+            crate::support::idp::now() < now + 5,
+            "an expired JWT was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(renewed, "the helper was not run again before the JWT's exp");
+
+    scratch.write("token", &jwt_expiring(now - 600, now - 120));
+    let expired = credproxy(&scratch, &config).run_async("check").await;
+    assert!(!expired.0.success());
+    assert!(
+        expired.1.contains("gave a JWT that expired 2m"),
+        "{}",
+        expired.1
+    );
 }
