@@ -124,7 +124,7 @@ pub async fn login(session: &Session, device: bool, say: &dyn Fn(&str)) -> Resul
     let has_refresh = answer.refresh_token.is_some();
     let (saved, caller) = session.accept(answer, nonce.as_deref(), None).await?;
     let locked = session.store().lock().await?;
-    session.store().save(&locked, &saved)?;
+    session.store().save(&locked, &saved).await?;
     drop(locked);
     let mut lines = Vec::new();
     match &caller {
@@ -140,7 +140,10 @@ pub async fn login(session: &Session, device: bool, say: &dyn Fn(&str)) -> Resul
         }
         None => lines.push(format!("logged in to {}", spec.issuer)),
     }
-    lines.push(format!("tokens kept in {}", session.store().describe()));
+    lines.push(format!(
+        "tokens kept in {}",
+        session.store().describe().await
+    ));
     if !has_refresh {
         lines.push(
             "warning: the identity provider gave no refresh token, so this login lasts only as long as its token; add \"offline_access\" to `scopes` (and allow refresh tokens for the app)".to_string(),
@@ -162,7 +165,7 @@ pub async fn token(session: &Session) -> Result<String, String> {
 /// deletes the stored login.
 pub async fn logout(session: &Session) -> Result<String, String> {
     let locked = session.store().lock().await?;
-    let saved = session.stored(&locked)?;
+    let saved = session.stored(&locked).await?;
     let mut lines = Vec::new();
     let revocable = saved.as_ref().and_then(|s| {
         s.refresh_token
@@ -185,11 +188,11 @@ pub async fn logout(session: &Session) -> Result<String, String> {
             )),
         }
     }
-    if session.store().delete(&locked)? {
+    if session.store().delete(&locked).await? {
         lines.push(format!(
             "logged out of `{}`: removed the tokens from {}",
             session.name(),
-            session.store().describe()
+            session.store().describe().await
         ));
     } else {
         lines.push(format!("`{}` was not logged in", session.name()));

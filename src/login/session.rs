@@ -55,11 +55,12 @@ impl Session {
     }
 
     /// The login stored for this provider and app, if any.
-    pub fn stored(&self, locked: &Locked) -> Result<Option<Saved>, String> {
+    pub async fn stored(&self, locked: &Locked) -> Result<Option<Saved>, String> {
         let spec = self.provider.spec();
         Ok(self
             .store
-            .load(locked)?
+            .load(locked)
+            .await?
             .filter(|s| s.issuer == spec.issuer && s.client_id == spec.client_id))
     }
 
@@ -70,6 +71,7 @@ impl Session {
         let locked = self.store.lock().await.map_err(SourceError::transient)?;
         let saved = self
             .stored(&locked)
+            .await
             .map_err(SourceError::unrecoverable)?
             .ok_or_else(|| {
                 SourceError::login_required(format!(
@@ -142,6 +144,7 @@ impl Session {
                 };
                 self.store
                     .save(locked, &saved)
+                    .await
                     .map_err(SourceError::unrecoverable)?;
                 return Err(self.ended(&why));
             }
@@ -164,6 +167,7 @@ impl Session {
             .map_err(SourceError::unrecoverable)?;
         self.store
             .save(locked, &fresh.0)
+            .await
             .map_err(SourceError::unrecoverable)?;
         tracing::info!(credential = %self.name, "login refreshed");
         Ok(fresh.0)

@@ -3,11 +3,13 @@
 //! `apiKeyHelper`, a second proxy.
 //!
 //! - macOS: the login Keychain (service `credproxy-login`, account = the credential's name).
-//! - Linux and elsewhere: a file `$XDG_STATE_HOME/credproxy/logins/NAME.json` (else
+//! - Linux with a session bus that offers the Secret Service (GNOME Keyring, KWallet): the
+//!   desktop keyring, same service and account.
+//! - Otherwise: a file `$XDG_STATE_HOME/credproxy/logins/NAME.json` (else
 //!   `~/.local/state/...`), mode 0600 in a 0700 folder. The kernel keyring, which
 //!   `keychain = ...` keys use, loses its keys at reboot, so it is no place for a login.
 //!
-//! Every refresh happens under an exclusive lock on `NAME.lock` beside the file (an advisory
+//! Every refresh happens under an exclusive lock on `NAME.lock` in that folder (an advisory
 //! `flock`, held by the open file and released when it closes, even if the process dies),
 //! and re-reads the store first: a process that waited for the lock finds the token the
 //! other one just obtained, so a rotated refresh token is never used twice.
@@ -16,12 +18,18 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use keyring_core::{CredentialStore, Entry};
 use serde::{Deserialize, Serialize};
 
 /// How long a process waits for another one's refresh before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long a keyring call may take (the desktop may be asking the person to unlock it).
+const KEYRING_WAIT: Duration = Duration::from_secs(30);
+/// The keyring service a login is kept under; the account is the credential's name.
+const SERVICE: &str = "credproxy-login";
 
 /// One login as stored. No `Debug`: it holds the tokens.
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -48,12 +56,30 @@ pub struct Saved {
 }
 
 /// Where one credential's login is kept.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Store {
     name: String,
     dir: PathBuf,
-    #[cfg(target_os = "macos")]
-    keychain: Option<std::sync::Arc<keyring_core::CredentialStore>>,
+    backend: tokio::sync::OnceCell<Backend>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    File,
+    /// The macOS Keychain or the Secret Service.
+    Keyring {
+        store: Arc<CredentialStore>,
+        what: &'static str,
+    },
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::File => f.write_str("File"),
+            Backend::Keyring { what, .. } => write!(f, "Keyring({what})"),
+        }
+    }
 }
 
 /// A held lock on one login; released when dropped.
@@ -68,8 +94,7 @@ impl Store {
         Store {
             name: name.to_string(),
             dir: state_dir.join("logins"),
-            #[cfg(target_os = "macos")]
-            keychain: crate::credentials::keychain::platform_store().ok(),
+            backend: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -88,12 +113,15 @@ impl Store {
     }
 
     /// Where the tokens are, for people.
-    pub fn describe(&self) -> String {
-        #[cfg(target_os = "macos")]
-        if self.keychain.is_some() {
-            return format!("the macOS Keychain (credproxy-login/{})", self.name);
+    pub async fn describe(&self) -> String {
+        match self.backend().await {
+            Backend::Keyring { what, .. } => format!("{what} ({SERVICE}/{})", self.name),
+            Backend::File => format!("{} (mode 0600)", self.file().display()),
         }
-        format!("{} (mode 0600)", self.file().display())
+    }
+
+    async fn backend(&self) -> Backend {
+        self.backend.get_or_init(keyring).await.clone()
     }
 
     fn file(&self) -> PathBuf {
@@ -132,79 +160,75 @@ impl Store {
         }
     }
 
-    /// The stored login, if any (call under the lock when about to refresh).
-    pub fn load(&self, _locked: &Locked) -> Result<Option<Saved>, String> {
-        self.read()
-    }
-
-    /// The stored login without the lock: for reading a current token only.
-    pub fn read(&self) -> Result<Option<Saved>, String> {
-        let text = match self.read_text()? {
-            Some(text) => text,
-            None => return Ok(None),
+    /// The stored login, if any.
+    pub async fn load(&self, _locked: &Locked) -> Result<Option<Saved>, String> {
+        let text = match self.backend().await {
+            Backend::Keyring { store, what } => {
+                let name = self.name.clone();
+                keyring_call(what, move || {
+                    match Entry::new_in_store(&store, SERVICE, &name)?.get_password() {
+                        Ok(text) => Ok(Some(text)),
+                        Err(keyring_core::Error::NoEntry) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await?
+            }
+            Backend::File => match std::fs::read_to_string(self.file()) {
+                Ok(text) => Some(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(format!("cannot read {}: {e}", self.file().display())),
+            },
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| format!("the login stored in {} is unreadable: {e}", self.describe()))
+        let Some(text) = text else { return Ok(None) };
+        match serde_json::from_str(&text) {
+            Ok(saved) => Ok(Some(saved)),
+            Err(e) => Err(format!(
+                "the login stored in {} is unreadable ({e}); run `credproxy login {}`",
+                self.describe().await,
+                self.name
+            )),
+        }
     }
 
     /// Replaces the stored login.
-    pub fn save(&self, _locked: &Locked, saved: &Saved) -> Result<(), String> {
+    pub async fn save(&self, _locked: &Locked, saved: &Saved) -> Result<(), String> {
         let text = serde_json::to_string(saved).expect("a login serialises");
-        self.write_text(&text)
+        match self.backend().await {
+            Backend::Keyring { store, what } => {
+                let name = self.name.clone();
+                keyring_call(what, move || {
+                    Entry::new_in_store(&store, SERVICE, &name)?.set_password(&text)
+                })
+                .await
+            }
+            Backend::File => self.write_file(&text),
+        }
     }
 
     /// Removes the stored login; `Ok(false)` when there was none.
-    pub fn delete(&self, _locked: &Locked) -> Result<bool, String> {
-        #[cfg(target_os = "macos")]
-        if let Some(store) = &self.keychain {
-            let item = self.keychain_item();
-            return crate::credentials::keychain::delete_key(store, &item);
-        }
-        match std::fs::remove_file(self.file()) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(format!("cannot remove {}: {e}", self.file().display())),
-        }
-    }
-
-    #[cfg(target_os = "macos")]
-    fn keychain_item(&self) -> crate::credentials::KeychainItem {
-        crate::credentials::KeychainItem {
-            service: "credproxy-login".to_string(),
-            account: self.name.clone(),
-        }
-    }
-
-    fn read_text(&self) -> Result<Option<String>, String> {
-        #[cfg(target_os = "macos")]
-        if let Some(store) = &self.keychain {
-            let item = self.keychain_item();
-            return match keyring_core::Entry::new_in_store(store, &item.service, &item.account)
-                .and_then(|entry| entry.get_password())
-            {
-                Ok(text) => Ok(Some(text)),
-                Err(keyring_core::Error::NoEntry) => Ok(None),
-                Err(e) => Err(format!("cannot read keychain {item}: {e}")),
-            };
-        }
-        match std::fs::read_to_string(self.file()) {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", self.file().display())),
+    pub async fn delete(&self, _locked: &Locked) -> Result<bool, String> {
+        match self.backend().await {
+            Backend::Keyring { store, what } => {
+                let name = self.name.clone();
+                keyring_call(what, move || {
+                    match Entry::new_in_store(&store, SERVICE, &name)?.delete_credential() {
+                        Ok(()) => Ok(true),
+                        Err(keyring_core::Error::NoEntry) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                })
+                .await
+            }
+            Backend::File => match std::fs::remove_file(self.file()) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(format!("cannot remove {}: {e}", self.file().display())),
+            },
         }
     }
 
-    fn write_text(&self, text: &str) -> Result<(), String> {
-        #[cfg(target_os = "macos")]
-        if let Some(store) = &self.keychain {
-            let item = self.keychain_item();
-            return crate::credentials::keychain::store_key(
-                store,
-                &item,
-                &crate::credentials::Secret::new(text),
-            );
-        }
+    fn write_file(&self, text: &str) -> Result<(), String> {
         self.ensure_dir()?;
         let path = self.file();
         // Written whole to a fresh 0600 file, then renamed over the old one: a reader never
@@ -226,6 +250,64 @@ impl Store {
             format!("cannot write {}: {e}", path.display())
         })
     }
+}
+
+/// A keyring call off the async workers (it blocks on the Security framework or D-Bus, and
+/// may wait for the person to unlock the keyring), and not for ever.
+async fn keyring_call<T: Send + 'static>(
+    what: &'static str,
+    call: impl FnOnce() -> keyring_core::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(KEYRING_WAIT, tokio::task::spawn_blocking(call)).await {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(e))) => Err(format!("{what}: {e}")),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!(
+            "{what} did not answer within {}s (waiting to be unlocked?)",
+            KEYRING_WAIT.as_secs()
+        )),
+    }
+}
+
+/// The keyring logins go to on this machine, if it has one that survives a reboot.
+#[cfg(target_os = "macos")]
+async fn keyring() -> Backend {
+    match crate::credentials::keychain::platform_store() {
+        Ok(store) => Backend::Keyring {
+            store,
+            what: "the macOS Keychain",
+        },
+        Err(_) => Backend::File,
+    }
+}
+
+/// The Secret Service, when a session bus is there to offer it (a desktop session); a
+/// headless machine, a container or a test has none and keeps the file.
+#[cfg(target_os = "linux")]
+async fn keyring() -> Backend {
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none_or(|a| a.is_empty()) {
+        return Backend::File;
+    }
+    let connect = tokio::task::spawn_blocking(zbus_secret_service_keyring_store::Store::new);
+    match tokio::time::timeout(KEYRING_WAIT, connect).await {
+        Ok(Ok(Ok(store))) => Backend::Keyring {
+            store,
+            what: "the desktop keyring (Secret Service)",
+        },
+        Ok(Ok(Err(error))) => {
+            tracing::debug!(%error, "no Secret Service on the session bus; logins are kept in a file");
+            Backend::File
+        }
+        _ => {
+            tracing::warn!("the Secret Service did not answer; logins are kept in a file");
+            Backend::File
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "macos", target_os = "linux")))]
+async fn keyring() -> Backend {
+    Backend::File
 }
 
 /// A file name for a credential name: itself when it is plain, else its hex.

@@ -442,3 +442,64 @@ async fn a_helper_jwt_is_renewed_before_its_exp_not_its_ttl_and_an_expired_one_f
         expired.1
     );
 }
+
+/// With a session bus offering the Secret Service (a desktop session), the login goes to the
+/// desktop keyring and no file is written. Needs `dbus-run-session` and
+/// `gnome-keyring-daemon`; skipped (saying so) where they are not installed.
+#[tokio::test]
+async fn the_secret_service_keeps_the_login_when_a_session_bus_offers_it() {
+    let tools = ["/usr/bin/dbus-run-session", "/usr/bin/gnome-keyring-daemon"];
+    if let Some(missing) = tools.iter().find(|t| !std::path::Path::new(t).exists()) {
+        eprintln!("skipped: {missing} is not installed");
+        return;
+    }
+    let op = FakeOp::start().await;
+    op.set(|s| s.device_pending = 0);
+    let scratch = Scratch::new();
+    let config = local_config(&op, "http://127.0.0.1:9", "flow = \"device\"");
+    let config_path = scratch.write("laptop.toml", &config);
+    let runtime = scratch.path("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // One desktop session: an unlocked keyring, a login, then a token from another process.
+    let session = scratch.write(
+        "session.sh",
+        &format!(
+            "printf pw | /usr/bin/gnome-keyring-daemon --unlock --components=secrets >/dev/null 2>&1\n\
+             {bin} --config {config} login corp && echo LOGIN-DONE && {bin} --config {config} token corp\n",
+            bin = env!("CARGO_BIN_EXE_credproxy"),
+            config = config_path.display(),
+        ),
+    );
+    let output = tokio::task::spawn_blocking({
+        let home = scratch.path("home");
+        let state = scratch.path("state");
+        move || {
+            std::process::Command::new("/usr/bin/dbus-run-session")
+                .arg("--")
+                .arg("/bin/sh")
+                .arg(&session)
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOME", home)
+                .env("XDG_STATE_HOME", state)
+                .env("XDG_RUNTIME_DIR", runtime)
+                .env("CREDPROXY_NO_BROWSER", "1")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .contains("tokens kept in the desktop keyring (Secret Service) (credproxy-login/corp)"),
+        "{stdout}\n{stderr}"
+    );
+    let token = stdout.lines().last().unwrap();
+    assert_eq!(claims(token)["sub"], SUBJECT);
+    assert!(!scratch.path("state/credproxy/logins/corp.json").exists());
+}
