@@ -95,31 +95,35 @@ async fn browser(session: &Session, say: &dyn Fn(&str)) -> Result<(TokenAnswer, 
     let state = random()?;
     let nonce = random()?;
     let scope = spec.scopes.join(" ");
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    query
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &spec.client_id)
-        .append_pair("redirect_uri", &redirect_uri)
-        .append_pair("scope", &scope)
-        .append_pair("state", &state)
-        .append_pair("nonce", &nonce)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256");
-    // Google takes no `offline_access` scope: it gives a refresh token for
-    // `access_type=offline`, and again on a later login only with `prompt=consent`.
-    let google = spec.issuer == GOOGLE_ISSUER;
-    if google {
-        query.append_pair("access_type", "offline");
-    }
-    if google || spec.scopes.iter().any(|s| s == "offline_access") {
-        // Strict providers ignore `offline_access` without it (OpenID Connect Core §11).
-        query.append_pair("prompt", "consent");
-    }
-    if let Some(audience) = &spec.audience {
-        query.append_pair("audience", audience);
-    }
+    // Finished before any await: the serializer is not `Send`.
+    let query = {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &spec.client_id)
+            .append_pair("redirect_uri", &redirect_uri)
+            .append_pair("scope", &scope)
+            .append_pair("state", &state)
+            .append_pair("nonce", &nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        // Google takes no `offline_access` scope: it gives a refresh token for
+        // `access_type=offline`, and again on a later login only with `prompt=consent`.
+        let google = spec.issuer == GOOGLE_ISSUER;
+        if google {
+            query.append_pair("access_type", "offline");
+        }
+        if google || spec.scopes.iter().any(|s| s == "offline_access") {
+            // Strict providers ignore `offline_access` without it (OpenID Connect Core §11).
+            query.append_pair("prompt", "consent");
+        }
+        if let Some(audience) = &spec.audience {
+            query.append_pair("audience", audience);
+        }
+        query.finish()
+    };
     let separator = if authorize.contains('?') { '&' } else { '?' };
-    let url = format!("{authorize}{separator}{}", query.finish());
+    let url = format!("{authorize}{separator}{query}");
     say("Open this URL in a browser to log in:");
     say(&format!("  {url}"));
     if open_browser(&url) {

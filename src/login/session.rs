@@ -13,7 +13,7 @@ use super::store::{Locked, Saved, Store};
 use crate::callers::Caller;
 use crate::credentials::jwt_expiry::JwtTimes;
 use crate::credentials::{
-    BoxFuture, Fetched, Lifetime, Material, Provide, Secret, SourceError, Token,
+    BoxFuture, FailureKind, Fetched, Lifetime, Material, Provide, Secret, SourceError, Token,
 };
 use crate::kinds::oidc::Sent;
 
@@ -85,24 +85,40 @@ impl Session {
         }
         let held = *self.last_sent.lock().expect("not poisoned");
         let now = SystemTime::now();
-        let reusable = self.sendable(&saved).filter(|(secret, _)| {
-            let window = window(secret.expose(), &saved);
-            window.is_some_and(|(from, stop)| {
-                now < from + (stop.duration_since(from).unwrap_or_default() * 3 / 4)
-            }) && !(for_cache && held == Some(digest(secret)))
-        });
-        let (secret, lifetime) = match reusable {
-            Some(found) => found,
-            None => {
-                let saved = self.refresh(&locked, saved).await?;
-                self.sendable(&saved).ok_or_else(|| {
+        // The stored token, when it is not the one the cache wants replaced, with whether it
+        // is fresh (in the first three quarters of its usable life) and still usable at all.
+        let stored = self
+            .sendable(&saved)
+            .filter(|(secret, _)| !(for_cache && held == Some(digest(secret))))
+            .and_then(|(secret, lifetime)| {
+                let (from, stop) = window(secret.expose(), &saved)?;
+                let fresh = now < from + stop.duration_since(from).unwrap_or_default() * 3 / 4;
+                Some((secret, lifetime, fresh, now < stop))
+            });
+        let (secret, lifetime) = match stored {
+            Some((secret, lifetime, true, _)) => (secret, lifetime),
+            // A login without a refresh token lasts as long as its token.
+            Some((secret, lifetime, _, true)) if saved.refresh_token.is_none() => {
+                (secret, lifetime)
+            }
+            still_usable => match self.refresh(&locked, saved).await {
+                Ok(saved) => self.sendable(&saved).ok_or_else(|| {
                     SourceError::unrecoverable(format!(
                         "the identity provider's refresh answer for `{}` holds no {}",
                         self.name,
                         self.sent_name()
                     ))
-                })?
-            }
+                })?,
+                // The provider is unreachable for now: the token in hand serves until its end.
+                Err(error) if error.kind == FailureKind::Transient => match still_usable {
+                    Some((secret, lifetime, _, true)) => {
+                        tracing::warn!(credential = %self.name, %error, "refresh failed; using the current token while it is valid");
+                        (secret, lifetime)
+                    }
+                    _ => return Err(error),
+                },
+                Err(error) => return Err(error),
+            },
         };
         if for_cache {
             *self.last_sent.lock().expect("not poisoned") = Some(digest(&secret));

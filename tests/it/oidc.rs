@@ -313,7 +313,15 @@ async fn a_proxy_and_credproxy_token_refresh_one_rotating_login_at_once() {
     let proxy = run(&scratch, &config).start();
     let url = proxy.url("/v1/messages");
 
-    let token = || run(&scratch, &config).run_async("token");
+    // One config file for all (each spawn would otherwise rewrite it while others read it).
+    let shared = scratch.write("shared.toml", &config);
+    let token = || {
+        credproxy_default(&scratch)
+            .arg("--config")
+            .arg(shared.to_str().unwrap())
+            .env("XDG_STATE_HOME", scratch.path("state").to_str().unwrap())
+            .run_async("token")
+    };
     let requests = async {
         let requests: Vec<_> = (0..4)
             .map(|_| {
@@ -502,4 +510,28 @@ async fn the_secret_service_keeps_the_login_when_a_session_bus_offers_it() {
     let token = stdout.lines().last().unwrap();
     assert_eq!(claims(token)["sub"], SUBJECT);
     assert!(!scratch.path("state/credproxy/logins/corp.json").exists());
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_leaves_the_current_token_in_use_until_its_end() {
+    let op = FakeOp::start().await;
+    // Due for renewal (50 minutes into its hour) but valid for ten more minutes.
+    op.set(|s| s.backdate = 3000);
+    let scratch = Scratch::new();
+    let config = local_config(&op, "http://127.0.0.1:9", "flow = \"browser\"");
+    let (ok, output) = browser_login(&scratch, &config).await;
+    assert!(ok, "{output}");
+    op.set(|s| s.token_endpoint_down = true);
+    let (status, token, err) = run(&scratch, &config).run_async("token").await;
+    assert!(status.success(), "{err}");
+    assert_eq!(claims(token.trim())["sub"], SUBJECT);
+    assert!(
+        err.contains("refresh failed; using the current token"),
+        "{err}"
+    );
+    op.set(|s| s.token_endpoint_down = false);
+    let (status, renewed, err) = run(&scratch, &config).run_async("token").await;
+    assert!(status.success(), "{err}");
+    assert_ne!(renewed, token);
+    assert_eq!(op.read(|s| s.refreshes), 1);
 }

@@ -56,6 +56,8 @@ pub struct OpState {
     pub device_slow_down_at: Option<u32>,
     /// Offer no revocation endpoint.
     pub no_revocation: bool,
+    /// The token endpoint answers 503.
+    pub token_endpoint_down: bool,
     /// Counters.
     pub refreshes: u32,
     pub reuses: u32,
@@ -88,6 +90,7 @@ impl FakeOp {
             device_pending: 2,
             device_slow_down_at: None,
             no_revocation: false,
+            token_endpoint_down: false,
             refreshes: 0,
             reuses: 0,
             revoked: Vec::new(),
@@ -245,6 +248,7 @@ fn handle(
             }
             Reply::status(200, "")
         }
+        ("POST", "/token") if state.token_endpoint_down => Reply::status(503, "down"),
         ("POST", "/token") => {
             let form = params(&request.body);
             if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
