@@ -535,3 +535,38 @@ async fn an_unreachable_provider_leaves_the_current_token_in_use_until_its_end()
     assert_ne!(renewed, token);
     assert_eq!(op.read(|s| s.refreshes), 1);
 }
+
+#[tokio::test]
+async fn an_access_token_login_sends_the_access_token_and_logout_works_without_revocation() {
+    let op = FakeOp::start().await;
+    op.set(|s| {
+        s.device_pending = 0;
+        s.no_revocation = true;
+    });
+    let upstream = FakeUpstream::start(|_| Reply::status(200, r#"{"ok":true}"#)).await;
+    let scratch = Scratch::new();
+    let config = local_config(
+        &op,
+        &upstream.url(),
+        "token = \"access_token\"\napply = \"x-api-key\"",
+    );
+    let (status, out, err) = run(&scratch, &config)
+        .arg("login")
+        .run_async("--device")
+        .await;
+    assert!(status.success(), "{out}{err}");
+    let proxy = run(&scratch, &config).start();
+    let answer = post(&proxy.url("/v1/messages"), "{}").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let sent = upstream.requests()[0]
+        .header("x-api-key")
+        .unwrap()
+        .to_string();
+    assert!(sent.starts_with("opaque-access-"), "{sent}");
+    drop(proxy);
+    let (status, out, err) = run(&scratch, &config).run_async("logout").await;
+    assert!(status.success(), "{err}");
+    assert!(out.contains("offers no revocation"), "{out}");
+    assert!(out.contains("logged out of `corp`"), "{out}");
+    assert!(op.read(|s| s.revoked.is_empty()));
+}
