@@ -175,8 +175,8 @@ enum Login {
     Out,
 }
 
-/// `credproxy login|token|logout [NAME]`: the person's lines on stderr, a token alone on
-/// stdout.
+/// `credproxy login|token|logout [NAME]`: the login's progress on stderr; the outcome (for
+/// `token`, the token alone) on stdout.
 async fn login_command(resolved: &Resolved, name: Option<&str>, what: Login) -> ExitCode {
     let outcome = async {
         let clients = credproxy::client::Clients::build(resolved)?;

@@ -35,9 +35,8 @@ pub fn bind(resolved: &Resolved, client: &UpstreamClient) {
     for credential in &resolved.credentials {
         if let (Some(spec), Source::Bound(bound)) =
             (spec_of(credential), credential.cached.source())
-            && let Ok(session) = session(&credential.name, spec, client)
         {
-            bound.bind(Arc::new(session));
+            bound.bind(Arc::new(session(&credential.name, spec, client)));
         }
     }
 }
@@ -52,13 +51,9 @@ fn spec_of(credential: &ResolvedCredential) -> Option<&OidcSpec> {
     (credential.spec.as_ref() as &dyn std::any::Any).downcast_ref::<OidcSpec>()
 }
 
-fn session(name: &str, spec: &OidcSpec, client: &UpstreamClient) -> Result<Session, String> {
+fn session(name: &str, spec: &OidcSpec, client: &UpstreamClient) -> Session {
     let provider = Arc::new(Provider::new(spec.clone(), client.clone()));
-    Ok(Session::new(
-        name,
-        provider,
-        Store::new(name, Store::state_dir()?),
-    ))
+    Session::new(name, provider, Store::new(name, Store::state_dir()))
 }
 
 /// The session of credential `name`, or of the config's only `oidc` credential.
@@ -112,7 +107,7 @@ pub fn find(
             }
         },
     };
-    session(name, spec, client)
+    Ok(session(name, spec, client))
 }
 
 /// `credproxy login [NAME]`: signs in, checks the ID token, stores the tokens; what to

@@ -59,7 +59,8 @@ pub struct Saved {
 #[derive(Debug)]
 pub struct Store {
     name: String,
-    dir: PathBuf,
+    /// The folder of the file and the lock, or why there is none (no HOME).
+    dir: Result<PathBuf, String>,
     backend: tokio::sync::OnceCell<Backend>,
 }
 
@@ -89,11 +90,12 @@ pub struct Locked {
 }
 
 impl Store {
-    /// The store for credential `name` under credproxy's state folder.
-    pub fn new(name: &str, state_dir: PathBuf) -> Store {
+    /// The store for credential `name` under credproxy's state folder (see
+    /// [`state_dir`](Self::state_dir); without one, every use fails saying why).
+    pub fn new(name: &str, state_dir: Result<PathBuf, String>) -> Store {
         Store {
             name: name.to_string(),
-            dir: state_dir.join("logins"),
+            dir: state_dir.map(|d| d.join("logins")),
             backend: tokio::sync::OnceCell::new(),
         }
     }
@@ -125,21 +127,29 @@ impl Store {
     }
 
     fn file(&self) -> PathBuf {
-        self.dir.join(format!("{}.json", file_stem(&self.name)))
+        let name = format!("{}.json", file_stem(&self.name));
+        match &self.dir {
+            Ok(dir) => dir.join(name),
+            Err(_) => PathBuf::from(name),
+        }
     }
 
-    fn ensure_dir(&self) -> Result<(), String> {
+    /// The folder, created (0700) if need be.
+    fn ensure_dir(&self) -> Result<&PathBuf, String> {
+        let dir = self.dir.as_ref().map_err(Clone::clone)?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(dir)
     }
 
     /// Takes the login's exclusive lock, waiting for another process's refresh to end.
     pub async fn lock(&self) -> Result<Locked, String> {
-        self.ensure_dir()?;
-        let path = self.dir.join(format!("{}.lock", file_stem(&self.name)));
+        let path = self
+            .ensure_dir()?
+            .join(format!("{}.lock", file_stem(&self.name)));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
