@@ -157,7 +157,10 @@ async fn device_login_waits_while_pending_and_slows_down_when_asked() {
     let scratch = Scratch::new();
     // `flow = "auto"` with no display (the test's environment has none): the device flow.
     let config = local_config(&op, "http://127.0.0.1:9", "");
-    let (status, out, err) = run(&scratch, &config).run_async("login").await;
+    let (status, out, err) = run(&scratch, &config)
+        .arg("--log-level=trace")
+        .run_async("login")
+        .await;
     assert!(status.success(), "{out}{err}");
     assert!(
         err.contains(&format!(
@@ -167,6 +170,11 @@ async fn device_login_waits_while_pending_and_slows_down_when_asked() {
         "{err}"
     );
     assert!(out.contains(&format!("as {SUBJECT} <{EMAIL}>")), "{out}");
+    assert_no_token_in(
+        &op,
+        &format!("{out}{err}"),
+        "the device login's trace output",
+    );
     let polls = op.read(|s| s.device_poll_times.clone());
     assert_eq!(polls.len(), 3, "pending, slow_down, approved");
     assert!(polls[1] - polls[0] >= Duration::from_millis(950));
@@ -213,7 +221,7 @@ async fn the_proxy_refreshes_ahead_of_expiry_and_after_a_401_with_rotated_refres
     let first_refresh = op.read(|s| s.refreshes);
     assert_eq!(first_refresh, 0);
 
-    let proxy = run(&scratch, &config).start();
+    let proxy = run(&scratch, &config).arg("--log-level=trace").start();
     let url = proxy.url("/v1/messages");
     // Twelve seconds of steady traffic: every token sent is unexpired when it arrives, and
     // the login moved on to new tokens without a refresh token used twice.
@@ -251,6 +259,11 @@ async fn the_proxy_refreshes_ahead_of_expiry_and_after_a_401_with_rotated_refres
     );
     assert_eq!(op.read(|s| s.refreshes), refreshes + 1);
     assert_eq!(op.read(|s| s.reuses), 0);
+    assert_no_token_in(
+        &op,
+        &proxy.output(),
+        "the proxy's trace log across refreshes",
+    );
 }
 
 #[tokio::test]
