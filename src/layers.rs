@@ -29,6 +29,7 @@ const LAYERS: &[&str] = &[
     "telemetry",
     "client",
     "callers",
+    "login",
     "proxy",
     "server",
     "cli",

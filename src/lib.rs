@@ -32,6 +32,9 @@
 //! - [`client`]: the one pooled upstream HTTP client (rustls, the configured roots).
 //! - [`callers`]: who is calling a shared credproxy — JWTs from the company's identity
 //!   provider (keys fetched, cached, rotated) and hashed static tokens; who may use which route.
+//! - [`login`]: the employee's side of a gateway — `oidc` credentials signed in by
+//!   `credproxy login` (browser or device code), stored, and refreshed under a lock shared
+//!   by every credproxy process of the user.
 //! - [`proxy`]: the per-request pipeline — local-safety guard, route table, body limit,
 //!   forward, classify and retry once, errors in the Anthropic shape.
 //! - [`server`]: binds listeners, accepts HTTP/1.1 and h2 (TLS with certificate reload, or
@@ -55,6 +58,7 @@ pub mod headers;
 pub mod kinds;
 #[cfg(test)]
 mod layers;
+pub mod login;
 pub mod proxy;
 pub mod runtime;
 pub mod schemes;

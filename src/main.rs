@@ -60,6 +60,19 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Log in to the identity provider of `oidc` credential NAME (the only one when left
+    /// out): a browser with a loopback redirect, or a device code without a display.
+    Login {
+        name: Option<String>,
+        /// Use the device code flow (a code to enter on any device) instead of the browser.
+        #[arg(long)]
+        device: bool,
+    },
+    /// Print a current token of `oidc` credential NAME, refreshed if needed; fit for Claude
+    /// Code's `apiKeyHelper`. Exits 1 with what to do when there is none.
+    Token { name: Option<String> },
+    /// Revoke the login of `oidc` credential NAME at its identity provider and delete it.
+    Logout { name: Option<String> },
     /// Store or remove a credential's key in the OS keychain (`keychain = ...` in its table).
     Secret {
         #[command(subcommand)]
@@ -130,6 +143,20 @@ fn main() -> ExitCode {
             Some(Command::Status) => cli::status::run(&resolved).await,
             Some(Command::Check) => cli::check::run(resolved).await,
             Some(Command::Env) => cli::env::run(&resolved),
+            Some(Command::Login { name, device }) => {
+                cli::login::run(
+                    &resolved,
+                    name.as_deref(),
+                    cli::login::Action::In { device },
+                )
+                .await
+            }
+            Some(Command::Token { name }) => {
+                cli::login::run(&resolved, name.as_deref(), cli::login::Action::Token).await
+            }
+            Some(Command::Logout { name }) => {
+                cli::login::run(&resolved, name.as_deref(), cli::login::Action::Out).await
+            }
             Some(Command::DefaultConfig | Command::HashToken { .. } | Command::Secret { .. }) => {
                 unreachable!("handled before the runtime starts")
             }

@@ -66,6 +66,7 @@ impl Generation {
             }
             _ => crate::client::Clients::build(&resolved)?,
         };
+        crate::login::bind(&resolved, client.background());
         let callers = match (&resolved.config.callers, previous) {
             (None, _) => None,
             (Some(config), Some(previous))

@@ -12,6 +12,12 @@ use crate::credentials::Lifetime;
 /// Runs the checks and prints their report.
 pub async fn run(resolved: Resolved) -> ExitCode {
     println!("config: {} (valid)", resolved.config.origin.display_name());
+    // `oidc` credentials get their provider's client once the clients exist.
+    if crate::login::any(&resolved)
+        && let Ok(clients) = crate::client::Clients::build(&resolved)
+    {
+        crate::login::bind(&resolved, clients.background());
+    }
     let rows = credentials(&resolved).await;
     print!("{}", format_check(&rows));
     let mut callers_ok = true;
@@ -142,7 +148,9 @@ fn expires_in(lifetime: Lifetime) -> String {
     match lifetime {
         Lifetime::UntilRejected => "never".to_string(),
         Lifetime::Ttl(ttl) => format!("{} (ttl)", humantime::format_duration(ttl)),
-        Lifetime::IssuerExpiry(at) => match at.duration_since(SystemTime::now()) {
+        Lifetime::IssuerExpiry(at) | Lifetime::Until { expires_at: at, .. } => match at
+            .duration_since(SystemTime::now())
+        {
             Ok(left) => humantime::format_duration(Duration::from_secs(left.as_secs())).to_string(),
             Err(_) => "expired".to_string(),
         },

@@ -26,19 +26,13 @@ pub fn report(resolved: &Resolved) -> String {
             route.upstream_text(),
             credential.name
         );
-        let Some(view) = resolved.route_view(route) else {
+        let Some(mode) = resolved.client_env(route) else {
             let _ = writeln!(
                 out,
                 "# disabled: {}\n",
                 route.disabled().unwrap_or_default()
             );
             continue;
-        };
-        // A translating route speaks the Anthropic API, whatever its credential.
-        let mode = if route.translate.is_some() {
-            ClientEnv::Anthropic
-        } else {
-            credential.spec.client_env(&view)
         };
         match &mode {
             ClientEnv::Anthropic => {
@@ -83,7 +77,7 @@ fn vertex_env(out: &mut String, url: &str, region: Option<&str>, project: Option
         None => {
             let _ = writeln!(
                 out,
-                "export ANTHROPIC_VERTEX_PROJECT_ID=<your-project-id>  # credproxy does not know it: set `project` in the credential"
+                "export ANTHROPIC_VERTEX_PROJECT_ID=<your-project-id>  # the upstream's project; credproxy does not know it (a google credential's `project` says it)"
             );
         }
     }

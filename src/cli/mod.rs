@@ -1,10 +1,11 @@
-//! One file per command: what `check`, `env`, `status`, `secret` and `hash-token` do, the
-//! text they print and the exit code they end with. `main.rs` parses the arguments and
-//! calls one of these.
+//! One file per command: what `check`, `env`, `status`, `secret`, `hash-token` and
+//! `login`/`token`/`logout` do, the text they print and the exit code they end with.
+//! `main.rs` parses the arguments and calls one of these.
 
 pub mod check;
 pub mod env;
 pub mod hash_token;
+pub mod login;
 pub mod secret;
 pub mod status;
 mod table;

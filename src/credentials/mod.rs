@@ -16,11 +16,12 @@ pub mod cache;
 #[cfg(feature = "google")]
 pub mod google;
 pub mod helper;
+pub mod jwt_expiry;
 pub mod keychain;
 mod secret;
 pub mod static_key;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
@@ -138,6 +139,12 @@ pub enum Lifetime {
     /// The issuer's expiry: the cache renews ahead of it and stops using the value a
     /// little before it, to absorb clock skew.
     IssuerExpiry(SystemTime),
+    /// A JWT's own `exp`, and when to stop sending it (`exp` less a margin; see
+    /// [`jwt_expiry`]): renewed ahead of `stop_at` like an issuer expiry.
+    Until {
+        expires_at: SystemTime,
+        stop_at: SystemTime,
+    },
 }
 
 /// Why a source could not produce a credential. The kind drives behaviour; the message and
@@ -159,6 +166,9 @@ pub enum FailureKind {
     Transient,
     /// It will not work until someone changes something (bad output, rejected config).
     Unrecoverable,
+    /// It will not work until the person signs in again (`credproxy login NAME`): a
+    /// login's refresh token is dead. Clients get 401 with that hint, not 502.
+    LoginRequired,
 }
 
 impl SourceError {
@@ -181,6 +191,10 @@ impl SourceError {
 
     pub fn unrecoverable(message: impl Into<String>) -> Self {
         Self::new(FailureKind::Unrecoverable, message)
+    }
+
+    pub fn login_required(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::LoginRequired, message)
     }
 
     /// The library error behind this one; its text is shown after the message.
@@ -248,12 +262,21 @@ pub enum Source {
     Azure(AzureChain),
     /// A key source whose output is an ACS connection string or access key.
     Acs(Box<Source>),
+    /// A source that works above this layer (an OpenID login needs the upstream client),
+    /// bound once the process has its clients.
+    Bound(Bound),
     /// Configured, but what it needs is not set; answers with what to set.
     Unavailable(String),
 }
 
 impl Source {
+    /// A fresh value; a JWT among them is bounded by its own `exp` (see [`jwt_expiry`]).
     pub async fn fetch(&self) -> Result<Fetched, SourceError> {
+        let fetched = self.fetch_unbounded().await?;
+        jwt_expiry::bound(fetched, &self.describe())
+    }
+
+    async fn fetch_unbounded(&self) -> Result<Fetched, SourceError> {
         match self {
             Source::Static(source) => source.fetch().await,
             Source::Helper(source) => source.fetch().await,
@@ -265,6 +288,7 @@ impl Source {
             #[cfg(feature = "azure")]
             Source::Azure(source) => source.fetch().await,
             Source::Acs(inner) => Box::pin(inner.fetch()).await.and_then(acs::from_key),
+            Source::Bound(bound) => bound.fetch().await,
             Source::Unavailable(why) => Err(SourceError::not_configured(why.clone())),
         }
     }
@@ -283,6 +307,7 @@ impl Source {
             #[cfg(feature = "azure")]
             Source::Azure(source) => source.describe(),
             Source::Acs(inner) => inner.describe(),
+            Source::Bound(bound) => bound.describe.clone(),
             Source::Unavailable(_) => "not configured".to_string(),
         }
     }
@@ -308,6 +333,47 @@ impl Source {
 }
 
 pub type SharedCredential = Arc<Credential>;
+
+/// A boxed future, for [`Provide`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A source implemented above this layer because it needs what only the layers above
+/// have (the upstream HTTP client, the JWT validation of `callers`).
+pub trait Provide: Send + Sync + std::fmt::Debug {
+    /// A fresh value, as [`Source::fetch`].
+    fn fetch(&self) -> BoxFuture<'_, Result<Fetched, SourceError>>;
+}
+
+/// A [`Source::Bound`]: what it is, for messages, and its provider once bound.
+#[derive(Debug)]
+pub struct Bound {
+    describe: String,
+    provider: OnceLock<Arc<dyn Provide>>,
+}
+
+impl Bound {
+    pub fn new(describe: String) -> Self {
+        Bound {
+            describe,
+            provider: OnceLock::new(),
+        }
+    }
+
+    /// Binds the provider; a second binding (a reload keeping the credential) is ignored.
+    pub fn bind(&self, provider: Arc<dyn Provide>) {
+        let _ = self.provider.set(provider);
+    }
+
+    async fn fetch(&self) -> Result<Fetched, SourceError> {
+        match self.provider.get() {
+            Some(provider) => provider.fetch().await,
+            None => Err(SourceError::transient(format!(
+                "{} is not ready yet (the upstream client is still being built)",
+                self.describe
+            ))),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ mod environment;
 #[cfg(feature = "google")]
 pub mod google;
 pub mod key_source;
+pub mod oidc;
 
 use std::future::Future;
 use std::path::Path;
@@ -48,6 +49,7 @@ pub static KINDS: &[&dyn Kind] = &[
     #[cfg(feature = "azure")]
     &azure::Azure,
     &acs::Acs,
+    &oidc::Oidc,
 ];
 
 /// Kinds this build was compiled without, each with the Cargo feature that brings it.
@@ -352,7 +354,7 @@ mod tests {
         assert!(is_known_field("scopes") && !is_known_field("envv"));
         assert_eq!(
             names_hint(),
-            "\"api_key\", \"bedrock_api_key\", \"aws\", \"google\", \"azure\" or \"acs\""
+            "\"api_key\", \"bedrock_api_key\", \"aws\", \"google\", \"azure\", \"acs\" or \"oidc\""
         );
     }
 

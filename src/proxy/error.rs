@@ -11,7 +11,7 @@ use http_body_util::{Either, Full};
 
 use super::ResponseBody;
 use crate::callers::{CallerError, Refusal};
-use crate::credentials::SourceError;
+use crate::credentials::{FailureKind, SourceError};
 use crate::failure::{Side, chain};
 use crate::schemes::ApplyError;
 
@@ -128,6 +128,9 @@ impl ProxyError {
         match self {
             ProxyError::Caller(CallerError::KeysUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Caller(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Credential { cause, .. } if cause.kind == FailureKind::LoginRequired => {
+                StatusCode::UNAUTHORIZED
+            }
             ProxyError::CallerRefused(_)
             | ProxyError::HostNotAllowed { .. }
             | ProxyError::OriginNotAllowed { .. }
@@ -184,6 +187,7 @@ impl ProxyError {
         let final_answer = match &self {
             ProxyError::Caller(error) => !error.fresh_token_helps(),
             ProxyError::CallerRefused(_) => true,
+            ProxyError::Credential { cause, .. } => cause.kind == FailureKind::LoginRequired,
             _ => false,
         };
         let challenge = matches!(self, ProxyError::Caller(_)) && status == StatusCode::UNAUTHORIZED;

@@ -11,6 +11,7 @@ mod google;
 mod hardening;
 mod http2;
 mod keychain;
+mod oidc;
 mod operability;
 mod properties;
 mod proxy;

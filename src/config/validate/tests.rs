@@ -752,3 +752,57 @@ fn callers_mistakes_are_reported_with_what_to_write() {
         Path::new("/etc/credproxy/c.pem")
     );
 }
+
+#[test]
+fn an_oidc_credential_is_read_with_its_defaults_and_checked() {
+    use crate::kinds::oidc::{DEFAULT_SCOPES, Flow, OidcSpec, Sent};
+    let route = "[[routes]]\nprefix = \"/\"\nupstream = \"https://gateway.example.com\"\ncredential = \"corp\"\n";
+    let config = parse(&format!(
+        "[credentials.corp]\nkind = \"oidc\"\nissuer = \"https://login.example.com/\"\nclient_id = \"cli\"\n{route}"
+    ))
+    .unwrap();
+    let oidc: &OidcSpec = spec(&config, 0);
+    assert_eq!(oidc.issuer, "https://login.example.com");
+    assert_eq!(oidc.scopes, DEFAULT_SCOPES);
+    assert_eq!((oidc.flow, oidc.token), (Flow::Auto, Sent::IdToken));
+    assert_eq!(oidc.apply, Apply::Bearer);
+
+    let local = parse(&format!(
+        "[credentials.corp]\nkind = \"oidc\"\nissuer = \"http://127.0.0.1:8080/realms/x\"\nclient_id = \"cli\"\nflow = \"device\"\ntoken = \"access_token\"\nscopes = [\"openid\"]\naudience = \"api\"\n{route}"
+    ))
+    .unwrap();
+    let oidc: &OidcSpec = spec(&local, 0);
+    assert_eq!((oidc.flow, oidc.token), (Flow::Device, Sent::AccessToken));
+    assert_eq!(oidc.audience.as_deref(), Some("api"));
+
+    let p = problems(&format!(
+        "[credentials.corp]\nkind = \"oidc\"\nissuer = \"http://login.example.com\"\nflow = \"popup\"\ntoken = \"refresh_token\"\nscopes = [\"email\"]\n{route}"
+    ));
+    let messages: Vec<&str> = p.iter().map(|p| p.message.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`issuer` must use https")),
+        "{p:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("names no `client_id`")),
+        "{p:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`popup` is not a login flow")),
+        "{p:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`refresh_token` is not a token")),
+        "{p:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("lacks \"openid\"")),
+        "{p:?}"
+    );
+}

@@ -266,6 +266,13 @@ fn entry(fetched: Fetched) -> Entry {
             let usable = lifetime - skew;
             (Some(at), Some(usable * 3 / 4), Some(usable))
         }
+        Lifetime::Until {
+            expires_at,
+            stop_at,
+        } => {
+            let usable = stop_at.duration_since(wall_now).unwrap_or_default();
+            (Some(expires_at), Some(usable * 3 / 4), Some(usable))
+        }
     };
     Entry {
         credential: Arc::new(Credential {

@@ -6,6 +6,7 @@ pub mod connect_proxy;
 pub mod google;
 pub mod h2_upstream;
 pub mod idp;
+pub mod op;
 mod process;
 pub mod sigv4;
 pub mod tls;
