@@ -15,7 +15,7 @@
 //! - caps the connections to one host across all workers (`pool_max_connections_per_host`);
 //!   a request that finds the cap reached and every stream busy waits up to
 //!   `queue_timeout`, then fails with [`Busy`];
-//! - replays (at most twice) a request the upstream never processed: a stream it refused
+//! - replays (at most three times) a request the upstream never processed: a stream it refused
 //!   (`REFUSED_STREAM`) or one above a GOAWAY's last stream id.
 //!
 //! With `upstream_http2 = "auto"`, an upstream whose ALPN picks HTTP/1.1 is remembered
@@ -55,8 +55,8 @@ const UNSETTLED: usize = usize::MAX - 1;
 /// may have closed on other workers, freeing room under the cap.
 const RECHECK: Duration = Duration::from_millis(100);
 /// Times a request the upstream never processed is sent again (a refused stream, then a
-/// GOAWAY on the next connection, is two).
-const MAX_REPLAYS: usize = 2;
+/// connection that went away before it was sent, is two).
+const MAX_REPLAYS: usize = 3;
 /// Flow-control windows: a stream's is small enough that a few clients that stop reading
 /// do not exhaust the connection's.
 const STREAM_WINDOW: u32 = 512 * 1024;
@@ -94,23 +94,30 @@ pub type Http1Stream = tokio_rustls::client::TlsStream<TokioIo<TokioIo<tokio::ne
 /// HTTP/1.1 connections the HTTP/2 pool opened while finding out what a host speaks, left
 /// for the worker's HTTP/1.1 pool (one per host at most).
 #[derive(Clone, Default)]
-pub struct Parked(Arc<Mutex<HashMap<String, Http1Stream>>>);
+pub struct Parked(Arc<Mutex<HashMap<String, (Instant, Http1Stream)>>>);
+
+/// How long a parked connection is offered: the request that found out the host speaks
+/// HTTP/1.1 takes it at once; a later one could find it closed by the upstream.
+const PARKED_FOR: Duration = Duration::from_secs(2);
 
 impl Parked {
     fn park(&self, origin: &str, stream: Http1Stream) {
         self.0
             .lock()
             .expect("pool lock")
-            .insert(origin.to_string(), stream);
+            .insert(origin.to_string(), (Instant::now(), stream));
     }
 
-    /// The connection parked for `uri`'s origin, if any.
+    /// The connection parked for `uri`'s origin, if any and still fresh.
     pub fn take(&self, uri: &Uri) -> Option<Http1Stream> {
         let mut parked = self.0.lock().expect("pool lock");
         if parked.is_empty() {
             return None;
         }
-        parked.remove(&origin(uri))
+        parked
+            .remove(&origin(uri))
+            .filter(|(at, _)| at.elapsed() < PARKED_FOR)
+            .map(|(_, stream)| stream)
     }
 }
 
@@ -204,7 +211,8 @@ struct HostState {
 
 impl HostState {
     fn typical(&self) -> usize {
-        self.typical_limit.unwrap_or(ASSUMED_STREAMS)
+        // An upstream that allows 0 streams for now is expected to allow some later.
+        self.typical_limit.unwrap_or(ASSUMED_STREAMS).max(1)
     }
 }
 
@@ -303,7 +311,7 @@ impl Pool {
                     return Ok(Routed::Answered(response, waited));
                 }
                 Err(failed) if replays < MAX_REPLAYS && failed.never_processed() => {
-                    if failed.error.is_go_away() || failed.error.is_io() || !failed.sent {
+                    if failed.error.is_go_away() || failed.error.is_io() {
                         lease.connection.closed.store(true, Ordering::Release);
                     }
                     tracing::debug!(upstream = %host.key.origin, error = %failed.error,
@@ -361,9 +369,13 @@ impl Pool {
                 Next::Dial => {
                     // Opened in the background: a stream that frees meanwhile serves this
                     // request, and the connection joins the pool for the next ones.
+                    let dialing = Dialing {
+                        host: Arc::clone(host),
+                        done: false,
+                    };
                     tokio::spawn(open_connection(
                         Arc::clone(&self.dial),
-                        Arc::clone(host),
+                        dialing,
                         self.parked.clone(),
                     ));
                     capped_since = None;
@@ -430,15 +442,24 @@ impl Pool {
         if state.waiting <= coming {
             return Next::WaitForCapacity;
         }
-        let open = host.open.load(Ordering::Acquire);
-        if open < self.dial.max_connections_per_host
-            && host
-                .open
-                .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        let dialed = host
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.dial.max_connections_per_host).then_some(open + 1)
+            })
+            .is_ok();
+        if dialed {
             state.dialing += 1;
             return Next::Dial;
+        }
+        // No other connection can be opened: the one that turned a replay away is better
+        // than a wait.
+        if let Some(avoided) = avoid.filter(|c| c.has_room()) {
+            avoided.in_use.fetch_add(1, Ordering::AcqRel);
+            return Next::Stream(Lease {
+                connection: Arc::clone(avoided),
+                host: Arc::clone(host),
+            });
         }
         if state.dialing + settling > 0 {
             return Next::WaitForCapacity;
@@ -561,11 +582,8 @@ impl Drop for Dialing {
 
 /// Opens one connection to `host` (already counted in `dialing` and the host's open
 /// connections) and adds it to the pool; its driver marks it settled.
-async fn open_connection(dial: Arc<Dial>, host: Arc<Host>, parked: Parked) {
-    let dialing = Dialing {
-        host: Arc::clone(&host),
-        done: false,
-    };
+async fn open_connection(dial: Arc<Dial>, dialing: Dialing, parked: Parked) {
+    let host = Arc::clone(&dialing.host);
     let opened = tokio::time::timeout(
         dial.connect_timeout * 2,
         connect(&dial, &host.uri, host.key.mode),
@@ -640,18 +658,34 @@ async fn drive(
     let opened = Instant::now();
     let tick = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut ticks = tokio::time::interval_at((opened + tick).into(), tick);
+    // A handle of our own to ask whether the upstream said GOAWAY: h2 refuses new
+    // streams from then on, so no request should be given this connection again.
+    let mut probe = connection.send.clone();
     let polled = std::future::poll_fn(|cx| {
         let polled = Pin::new(&mut driven).poll(cx);
         note_limit(&driven, &connection, &host);
+        if !connection.closed.load(Ordering::Acquire)
+            && matches!(probe.poll_ready(cx), Poll::Ready(Err(_)))
+        {
+            connection.closed.store(true, Ordering::Release);
+            if let Some(host) = host.upgrade() {
+                host.changed.notify_waiters();
+            }
+        }
         polled
     });
     tokio::pin!(polled);
-    let ended = loop {
+    let ended: Option<String> = loop {
         tokio::select! {
-            result = &mut polled => break result.err(),
+            result = &mut polled => break result.err().map(|e| e.to_string()),
             _ = ticks.tick() => {
                 if !connection.settled() && opened.elapsed() > settle_timeout {
-                    tracing::debug!("the upstream sent no HTTP/2 SETTINGS in time; closing the connection");
+                    break Some("the upstream sent no HTTP/2 SETTINGS in time".to_string());
+                }
+                // Gone away, or reaped: closed once its last stream has ended.
+                if connection.closed.load(Ordering::Acquire)
+                    && connection.in_use.load(Ordering::Acquire) == 0
+                {
                     break None;
                 }
                 if reap_if_idle(&connection, &host, idle_timeout) {
@@ -660,17 +694,26 @@ async fn drive(
             }
         }
     };
-    if let Some(error) = ended {
+    if let Some(error) = &ended {
         tracing::debug!(%error, "upstream HTTP/2 connection ended");
     }
     connection.closed.store(true, Ordering::Release);
     if let Some(host) = host.upgrade() {
         host.open.fetch_sub(1, Ordering::AcqRel);
-        host.state
-            .lock()
-            .expect("pool lock")
-            .connections
-            .retain(|c| !Arc::ptr_eq(c, &connection));
+        let mut state = host.state.lock().expect("pool lock");
+        state.connections.retain(|c| !Arc::ptr_eq(c, &connection));
+        // A connection that ended before its SETTINGS (an HTTP/1.1 server answering the
+        // preface, one that closes at once) is a failed connection attempt: the requests
+        // waiting on it get why, rather than dialing again and again.
+        if !connection.settled() {
+            let reason = ended.unwrap_or_else(|| "the connection closed".to_string());
+            state.failures += 1;
+            state.last_failure = Some(
+                format!("the upstream ended the HTTP/2 connection before its SETTINGS: {reason}")
+                    .into(),
+            );
+        }
+        drop(state);
         host.changed.notify_waiters();
     }
 }
@@ -750,7 +793,9 @@ impl Failed {
     /// The upstream cannot have processed the request: it never left, the stream was
     /// refused, or it was above a GOAWAY's last stream id. Safe to send again.
     fn never_processed(&self) -> bool {
-        !self.sent
+        // Not sent because the connection is gone (a mistake of ours in the request, such
+        // as a header HTTP/2 forbids, would fail again: it is not replayed).
+        (!self.sent && (self.error.is_go_away() || self.error.is_io()))
             || self.error.reason() == Some(h2::Reason::REFUSED_STREAM)
             || (self.error.is_go_away() && self.error.is_remote())
     }

@@ -201,6 +201,13 @@ impl Clients {
         // many-core machine does not reconnect for every burst.
         let idle = limits.pool_max_idle_per_host;
         let idle_per_worker = idle.div_ceil(workers).max(idle.min(4));
+        if limits.pool_max_connections_per_host < workers {
+            tracing::warn!(
+                pool_max_connections_per_host = limits.pool_max_connections_per_host,
+                workers,
+                "pool_max_connections_per_host is below the number of serving threads: an HTTP/2 connection serves one thread only, so some threads' requests will wait for a connection and get 503; raise it or lower `workers`"
+            );
+        }
         let http1_only = https(tls.clone(), connector.clone(), false);
         let dial = Arc::new(http2::Dial::new(
             connector.clone(),
