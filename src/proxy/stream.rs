@@ -4,6 +4,11 @@
 //! gets a final `error` event in the Anthropic shape, so SDKs report why it stopped).
 //! When it ends — complete, cut by the upstream, or dropped because the client went
 //! away — its access line is written with the bytes sent and who cut it short.
+//!
+//! This is the answer-side tap: an [`Observer`] is shown every chunk the client is given
+//! and told once how the answer ended, without holding or changing a byte. The access
+//! line is the first observer; usage counting and others hook in the same way
+//! (`UpstreamBody::observe`, where the proxy's deliver phase builds the body).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,22 +33,35 @@ pub struct UpstreamBody {
     ended: bool,
     /// Bedrock's event stream re-emitted as SSE (a translating route).
     events: Option<super::translate::eventstream::EventStreamToSse>,
-    /// The access line, written when the answer ends.
-    end: Option<Box<End>>,
-}
-
-/// What is reported when the answer ends.
-#[derive(Debug)]
-struct End {
-    line: Pending,
-    metrics: Arc<Metrics>,
-    bytes: u64,
+    /// Told of every chunk and of the end; emptied when the end is reported.
+    observers: Vec<Box<dyn Observer>>,
+    /// Who cut the answer short, once known (credproxy ending a stalled stream counts as
+    /// the upstream).
     cut: Option<Cut>,
 }
 
-impl End {
-    fn report(self) {
-        if let Some(by) = self.cut {
+/// Watches an answer on its way to the client: each chunk the client is given, then once
+/// how it ended (`None`: complete). Must not block: it runs inside the body's poll.
+pub trait Observer: Send + std::fmt::Debug {
+    fn chunk(&mut self, data: &Bytes);
+    fn end(self: Box<Self>, cut: Option<Cut>);
+}
+
+/// The access line (and the truncation metric), written when the answer ends.
+#[derive(Debug)]
+struct AccessLine {
+    line: Pending,
+    metrics: Arc<Metrics>,
+    bytes: u64,
+}
+
+impl Observer for AccessLine {
+    fn chunk(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
+    }
+
+    fn end(self: Box<Self>, cut: Option<Cut>) {
+        if let Some(by) = cut {
             let route = self.line.route.clone().unwrap_or_else(|| "-".to_string());
             self.metrics
                 .truncated
@@ -53,7 +71,7 @@ impl End {
                 })
                 .inc();
         }
-        self.line.finish(self.bytes, self.cut);
+        self.line.finish(self.bytes, cut);
     }
 }
 
@@ -90,24 +108,29 @@ impl UpstreamBody {
             }),
             ended: false,
             events: None,
-            end: None,
+            observers: Vec::new(),
+            cut: None,
         }
+    }
+
+    /// Adds an observer of this answer.
+    pub fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observers.push(observer);
     }
 
     /// Writes `line` (and counts a truncation) when the answer ends.
     pub fn report_at_end(&mut self, line: Pending, metrics: Arc<Metrics>) {
-        self.end = Some(Box::new(End {
+        self.observe(Box::new(AccessLine {
             line,
             metrics,
             bytes: 0,
-            cut: None,
         }));
     }
 
     fn report(&mut self, cut: Option<Cut>) {
-        if let Some(mut end) = self.end.take() {
-            end.cut = end.cut.or(cut);
-            end.report();
+        let cut = self.cut.or(cut);
+        for observer in std::mem::take(&mut self.observers) {
+            observer.end(cut);
         }
     }
 
@@ -141,8 +164,10 @@ impl Body for UpstreamBody {
         let polled = self.as_mut().poll_body(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(end), Some(data)) = (&mut self.end, frame.data_ref()) {
-                    end.bytes += data.len() as u64;
+                if let Some(data) = frame.data_ref() {
+                    for observer in &mut self.observers {
+                        observer.chunk(data);
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => self.report(Some(Cut::Upstream)),
@@ -223,9 +248,7 @@ impl UpstreamBody {
                 let stalled = StreamStalled(idle.after);
                 let sse = idle.sse;
                 self.ended = true;
-                if let Some(end) = &mut self.end {
-                    end.cut = Some(Cut::Upstream);
-                }
+                self.cut = Some(Cut::Upstream);
                 if sse {
                     let event = serde_json::json!({
                         "type": "error",

@@ -28,6 +28,66 @@ pub enum Operation {
     CountTokens,
 }
 
+/// A translated request on its way: the route's translation and what the request does.
+/// Its request half is [`plan`] (run before the credential is applied); its answer half
+/// is [`Translator::reshape`] and [`Translator::rewrite`]. Which cloud it is is asked here
+/// and in the per-cloud files only.
+#[derive(Debug, Clone, Copy)]
+pub struct Translator<'a> {
+    pub translation: &'a Translation,
+    pub operation: Operation,
+}
+
+/// What a translated answer needs before the client may have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reshape {
+    /// The Anthropic shape already (Vertex; Bedrock's plain JSON message).
+    AsIs,
+    /// Bedrock's event stream, re-emitted as SSE frame by frame.
+    EventStreamToSse,
+    /// Read whole (it is small) and rewritten: an error, Bedrock's token count.
+    ReadWhole,
+}
+
+impl Translator<'_> {
+    pub fn reshape(&self, status: StatusCode, headers: &HeaderMap) -> Reshape {
+        let bedrock = self.translation.to == TranslateTo::Bedrock;
+        if !status.is_success() || (bedrock && self.operation == Operation::CountTokens) {
+            return Reshape::ReadWhole;
+        }
+        let event_stream = bedrock
+            && headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+                v.as_bytes()
+                    .starts_with(b"application/vnd.amazon.eventstream")
+            });
+        if event_stream {
+            Reshape::EventStreamToSse
+        } else {
+            Reshape::AsIs
+        }
+    }
+
+    /// A whole answer ([`Reshape::ReadWhole`]) in the Anthropic shape; `Err` says what it
+    /// lacked.
+    pub fn rewrite(
+        &self,
+        head: &http::response::Parts,
+        body: &[u8],
+    ) -> Result<(StatusCode, Value), &'static str> {
+        if !head.status.is_success() {
+            return Ok(errors::translate(
+                self.translation.to,
+                head.status,
+                &head.headers,
+                body,
+            ));
+        }
+        bedrock::count_tokens_answer(body)
+            .map(|json| (StatusCode::OK, json))
+            .ok_or("Bedrock's CountTokens answer has no `inputTokens`")
+    }
+}
+
 /// A request rewritten for the cloud: the path below the upstream's base, and the body.
 #[derive(Debug)]
 pub struct Rewritten {
