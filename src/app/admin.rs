@@ -193,7 +193,7 @@ fn status(generation: &super::Generation) -> Value {
             };
             json!({
                 "name": c.name,
-                "kind": c.spec.kind(),
+                "kind": c.spec.kind().name(),
                 "source": c.cached.source().describe(),
                 "state": state,
                 "fetched_at": stats.fetched_at.map(rfc3339),

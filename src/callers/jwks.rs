@@ -4,8 +4,12 @@
 //! most once per `jwks_refetch_interval`: rotation works, garbage `kid`s cannot hammer the
 //! provider), and served last-good when the provider is down.
 //!
-//! One value per process, so an `ArcSwapOption` with a single-flight mutex rather than a
-//! cache keyed by anything: moka would evict the expired set, and last-good needs it kept.
+//! One value per process, so an `ArcSwapOption` with a single-flight mutex. Not the
+//! credentials' cache (`credentials::cache`), though it too is single-flight and serves
+//! last-good: that cache holds one credential value of a source, dropped when an upstream
+//! rejects it, renewed ahead of its expiry; a key set is renewed for a different reason (a
+//! token names a key it lacks), at most once per `jwks_refetch_interval` however many
+//! tokens ask, and is never dropped for a rejection.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::table::table;
 use crate::config::Resolved;
 use crate::credentials::Lifetime;
+use crate::kinds::TokenEgress;
 
 /// Runs the checks and prints their report.
 pub async fn run(resolved: Resolved) -> ExitCode {
@@ -109,7 +110,7 @@ pub async fn credentials(resolved: &Resolved) -> Vec<CheckRow> {
         .enumerate()
         .map(|(index, credential)| {
             let cached = std::sync::Arc::clone(&credential.cached);
-            let kind = credential.spec.kind();
+            let kind = credential.spec.kind().name();
             let unused = resolved.unused_reason(index);
             tokio::spawn(async move {
                 let (expires_in, status) = match unused {
@@ -182,29 +183,27 @@ pub fn format_check(rows: &[CheckRow]) -> String {
 }
 
 /// What the egress proxy does not cover: the cloud libraries fetch their own tokens with
-/// their own HTTP clients.
+/// their own HTTP clients (each kind says how, `Kind::token_egress`).
 pub fn egress_notes(resolved: &Resolved, egress: &crate::config::egress::Egress) -> Vec<String> {
-    let kinds: std::collections::BTreeSet<&str> =
-        resolved.credentials.iter().map(|c| c.spec.kind()).collect();
+    let mut following = Vec::new();
+    let mut direct = Vec::new();
+    for credential in &resolved.credentials {
+        match credential.spec.kind().token_egress() {
+            TokenEgress::Ours => {}
+            TokenEgress::Environment(who) if !following.contains(&who) => following.push(who),
+            TokenEgress::Direct(note) if !direct.contains(&note) => direct.push(note),
+            TokenEgress::Environment(_) | TokenEgress::Direct(_) => {}
+        }
+    }
     let mut notes = Vec::new();
-    if kinds.contains("aws") || kinds.contains("azure") {
-        let which = match (kinds.contains("aws"), kinds.contains("azure")) {
-            (true, true) => "AWS and Azure",
-            (true, false) => "AWS",
-            _ => "Azure",
-        };
+    if !following.is_empty() {
         let how = if egress.origin == "environment" {
             "follow the same HTTPS_PROXY/NO_PROXY (keep 169.254.169.254 and 169.254.170.2 in NO_PROXY for instance and container credentials)"
         } else {
             "follow HTTPS_PROXY/NO_PROXY from the environment, not `egress_proxy`: set HTTPS_PROXY too if they must go through the proxy"
         };
-        notes.push(format!("{which} token requests {how}"));
+        notes.push(format!("{} token requests {how}", following.join(" and ")));
     }
-    if kinds.contains("google") {
-        notes.push(
-            "Google token requests (gcp_auth) do not support a proxy and go direct: allow oauth2.googleapis.com (or the metadata server) through the firewall"
-                .to_string(),
-        );
-    }
+    notes.extend(direct.into_iter().map(str::to_string));
     notes
 }

@@ -7,7 +7,9 @@
 //! 3. **resolved** ([`Resolved`], from [`resolve`]): the environment read once — regions,
 //!    the Foundry resource, `helper_env`, `~` in paths — each credential bound to its
 //!    source and scheme, each upstream placeholder filled in or its route disabled with
-//!    the reason. Nothing changes a config after it is built.
+//!    the reason. Nothing changes a validated config after it is built; a resolved one
+//!    changes in one way only: a reload (`app::Generation::build`) hands each unchanged
+//!    credential the previous generation's cache cell, so its value survives the reload.
 //!
 //! Secrets are referred to (env var, file, helper command), not held, except for an
 //! explicit literal that earns a warning.

@@ -3,29 +3,7 @@
 
 use crate::fields::{Checker, Table};
 
-/// Which cloud API a translating route speaks upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TranslateTo {
-    Bedrock,
-    Vertex,
-}
-
-impl TranslateTo {
-    pub fn name(self) -> &'static str {
-        match self {
-            TranslateTo::Bedrock => "bedrock",
-            TranslateTo::Vertex => "vertex",
-        }
-    }
-
-    /// The credential kinds whose upstream this is.
-    pub fn kinds(self) -> &'static [&'static str] {
-        match self {
-            TranslateTo::Bedrock => &["aws", "bedrock_api_key"],
-            TranslateTo::Vertex => &["google"],
-        }
-    }
-}
+pub use crate::kinds::TranslateTo;
 
 /// A validated `translate` with its model table (client name → cloud id, config order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +17,7 @@ pub struct Translate {
 pub(super) fn read(
     table: &mut Table,
     cx: &mut Checker,
-    credential_kind: Option<&str>,
+    credential_kind: Option<&'static dyn crate::kinds::Kind>,
 ) -> Option<Translate> {
     let text = table.string(cx, "translate");
     let models_value = table.value("models");
@@ -60,20 +38,25 @@ pub(super) fn read(
             cx.report(
                 text.span(),
                 format!("`{other}` is not a translation"),
-                "write `translate = \"bedrock\"` (an aws or bedrock_api_key credential) or `translate = \"vertex\"` (a google credential)".to_string(),
+                format!(
+                    "write `translate = \"bedrock\"` ({} credential) or `translate = \"vertex\"` ({} credential)",
+                    TranslateTo::Bedrock.kinds().join(" or "),
+                    TranslateTo::Vertex.kinds().join(" or ")
+                ),
             );
             return None;
         }
     };
     if let Some(kind) = credential_kind
-        && !to.kinds().contains(&kind)
+        && !kind.translations().contains(&to)
     {
         cx.report(
             text.span(),
             format!(
-                "`translate = \"{}\"` needs a credential of kind {}, and this route's is `{kind}`",
+                "`translate = \"{}\"` needs a credential of kind {}, and this route's is `{}`",
                 to.name(),
-                to.kinds().join(" or ")
+                to.kinds().join(" or "),
+                kind.name()
             ),
             "use a credential of the matching kind on this route".to_string(),
         );

@@ -637,7 +637,7 @@ fn upstream(
         .collect();
     let mut ok = true;
     if let Some(credential) = credential {
-        let fills = kinds::find(credential.spec.kind()).map_or(&[][..], |k| k.placeholders());
+        let fills = credential.spec.kind().placeholders();
         for placeholder in &used {
             if !fills.contains(placeholder) {
                 let kinds: Vec<String> = placeholder

@@ -21,6 +21,14 @@ impl Kind for Acs {
         &[]
     }
 
+    fn translations(&self) -> &'static [super::TranslateTo] {
+        &[]
+    }
+
+    fn token_egress(&self) -> super::TokenEgress {
+        super::TokenEgress::Ours
+    }
+
     fn read(&self, table: &mut Table, cx: &mut Checker, at: &ReadContext) -> Option<Box<dyn Spec>> {
         let source = KeySource::read(table, cx, at)?;
         Some(Box::new(AcsSpec { source }))
@@ -33,8 +41,8 @@ pub struct AcsSpec {
 }
 
 impl Spec for AcsSpec {
-    fn kind(&self) -> &'static str {
-        "acs"
+    fn kind(&self) -> &'static dyn super::Kind {
+        &Acs
     }
 
     fn resolve<'a>(&'a self, name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {

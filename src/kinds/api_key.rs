@@ -24,6 +24,14 @@ impl Kind for ApiKey {
         &[]
     }
 
+    fn translations(&self) -> &'static [super::TranslateTo] {
+        &[]
+    }
+
+    fn token_egress(&self) -> super::TokenEgress {
+        super::TokenEgress::Ours
+    }
+
     fn read(&self, table: &mut Table, cx: &mut Checker, at: &ReadContext) -> Option<Box<dyn Spec>> {
         KeySpec::read(
             table,
@@ -62,10 +70,10 @@ impl KeySpec {
 }
 
 impl Spec for KeySpec {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &'static dyn super::Kind {
         match self.rejection {
-            Rejection::Unauthorized => "api_key",
-            Rejection::BedrockApiKey => "bedrock_api_key",
+            Rejection::Unauthorized => &ApiKey,
+            Rejection::BedrockApiKey => &super::bedrock_api_key::BedrockApiKey,
         }
     }
 

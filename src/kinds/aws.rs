@@ -24,6 +24,14 @@ impl Kind for Aws {
         &[Placeholder::Region]
     }
 
+    fn translations(&self) -> &'static [super::TranslateTo] {
+        &[super::TranslateTo::Bedrock]
+    }
+
+    fn token_egress(&self) -> super::TokenEgress {
+        super::TokenEgress::Environment("AWS")
+    }
+
     fn read(
         &self,
         table: &mut Table,
@@ -122,8 +130,8 @@ pub struct AwsSpec {
 }
 
 impl Spec for AwsSpec {
-    fn kind(&self) -> &'static str {
-        "aws"
+    fn kind(&self) -> &'static dyn super::Kind {
+        &Aws
     }
 
     fn resolve<'a>(&'a self, name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {

@@ -26,6 +26,14 @@ impl Kind for Azure {
         &[Placeholder::FoundryBase]
     }
 
+    fn translations(&self) -> &'static [super::TranslateTo] {
+        &[]
+    }
+
+    fn token_egress(&self) -> super::TokenEgress {
+        super::TokenEgress::Environment("Azure")
+    }
+
     fn read(
         &self,
         table: &mut Table,
@@ -123,8 +131,8 @@ pub struct AzureSpec {
 }
 
 impl Spec for AzureSpec {
-    fn kind(&self) -> &'static str {
-        "azure"
+    fn kind(&self) -> &'static dyn super::Kind {
+        &Azure
     }
 
     fn resolve<'a>(&'a self, _name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {

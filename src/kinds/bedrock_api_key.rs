@@ -18,6 +18,14 @@ impl Kind for BedrockApiKey {
         &[]
     }
 
+    fn translations(&self) -> &'static [super::TranslateTo] {
+        &[super::TranslateTo::Bedrock]
+    }
+
+    fn token_egress(&self) -> super::TokenEgress {
+        super::TokenEgress::Ours
+    }
+
     fn read(&self, table: &mut Table, cx: &mut Checker, at: &ReadContext) -> Option<Box<dyn Spec>> {
         KeySpec::read(table, cx, at, Apply::Bearer, Rejection::BedrockApiKey)
     }

@@ -26,6 +26,16 @@ impl Kind for Google {
         &[Placeholder::Region, Placeholder::VertexHost]
     }
 
+    fn translations(&self) -> &'static [super::TranslateTo] {
+        &[super::TranslateTo::Vertex]
+    }
+
+    fn token_egress(&self) -> super::TokenEgress {
+        super::TokenEgress::Direct(
+            "Google token requests (gcp_auth) do not support a proxy and go direct: allow oauth2.googleapis.com (or the metadata server) through the firewall",
+        )
+    }
+
     fn read(&self, table: &mut Table, cx: &mut Checker, at: &ReadContext) -> Option<Box<dyn Spec>> {
         let before = cx.count();
         let key_file = table.string(cx, "key_file");
@@ -92,8 +102,8 @@ pub struct GoogleSpec {
 }
 
 impl Spec for GoogleSpec {
-    fn kind(&self) -> &'static str {
-        "google"
+    fn kind(&self) -> &'static dyn super::Kind {
+        &Google
     }
 
     fn resolve<'a>(&'a self, name: &'a str, env: &'a Environment) -> BoxFuture<'a, Binding> {

@@ -1,12 +1,29 @@
 //! Credential kinds, one file each: the keys a `[credentials.NAME]` table of that kind
 //! takes and how they are checked, the source and scheme it binds to, the upstream
-//! placeholders it fills (`{region}`, `{vertex_host}`, `{foundry_base}`), and what
-//! `credproxy env` tells its clients.
+//! placeholders it fills (`{region}`, `{vertex_host}`, `{foundry_base}`), what
+//! `credproxy env` tells its clients, the translations it can sign for and how its own
+//! token requests reach the network. Outside `kinds/`, no code names a kind by its string:
+//! it asks the kind ([`Kind`], or `spec.kind()`).
 //!
-//! Adding a kind is one new file with a unit struct implementing [`Kind`] and a spec
-//! implementing [`Spec`], and one line in [`KINDS`]. Every method is required, so a
-//! forgotten part is a compile error; the keys a kind takes are the keys its
-//! [`Kind::read`] asks for, so there is no second list to keep in step.
+//! What adding a kind costs:
+//! - **On existing sources and schemes** (a new way to read a key, say): one file here
+//!   with a unit struct implementing [`Kind`] and a spec implementing [`Spec`], and one
+//!   line in [`KINDS`]. Every method is required, so a forgotten part is a compile error;
+//!   the keys a kind takes are the keys its [`Kind::read`] asks for, so there is no second
+//!   list to keep in step. `bedrock_api_key` is such a kind: it reuses `api_key`'s spec
+//!   with Bedrock's rejection rule.
+//! - **With a new source** (where values come from): also a file in `credentials/` with a
+//!   `fetch` and a `describe`, and one arm in each of `credentials::Source`'s three
+//!   matches (`fetch`, `describe`, and `is_literal`/`is_static` when it can hold a key
+//!   written in the file). A value of a new shape (not a token, an AWS key pair or an
+//!   ACS key) is a `credentials::Material` variant too, and its `secrets()` arm.
+//! - **With a new scheme** (how a value goes onto a request): also a file in `schemes/`
+//!   and an arm in each of `schemes::Scheme`'s matches (`apply`, `classify`,
+//!   `classify_body`). A new rule for which answers mean "the value went bad" on an
+//!   existing header scheme is a `schemes::Rejection` variant.
+//! - **A new cloud to translate to**: a [`TranslateTo`] variant, its request and answer
+//!   halves in `proxy/translate/`, and the kinds that can sign for it saying so in
+//!   [`Kind::translations`].
 //!
 //! Layering: kinds sit above `fields` (reading TOML), `credentials`
 //! (sources) and `schemes`; `config` sits above kinds.
@@ -62,16 +79,62 @@ pub static ABSENT: &[(&str, &str)] = &[
     ("azure", "azure"),
 ];
 
+/// Which cloud API a translating route speaks upstream (`translate = "..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TranslateTo {
+    Bedrock,
+    Vertex,
+}
+
+impl TranslateTo {
+    pub fn name(self) -> &'static str {
+        match self {
+            TranslateTo::Bedrock => "bedrock",
+            TranslateTo::Vertex => "vertex",
+        }
+    }
+
+    /// The kinds of this build that can sign its requests.
+    pub fn kinds(self) -> Vec<&'static str> {
+        KINDS
+            .iter()
+            .filter(|k| k.translations().contains(&self))
+            .map(|k| k.name())
+            .collect()
+    }
+}
+
+/// How a kind's own token requests (its cloud SDK's, not the proxied ones) reach the
+/// network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEgress {
+    /// Through credproxy's own clients, or there are none.
+    Ours,
+    /// The SDK follows `HTTPS_PROXY`/`NO_PROXY` from the environment; who it is ("AWS").
+    Environment(&'static str),
+    /// The SDK cannot use a proxy: the note that says what to allow instead.
+    Direct(&'static str),
+}
+
 /// A boxed future, for the one async step of a kind (resolving against the environment).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// How a kind's table is read and checked.
+/// How a kind's table is read and checked, and what the rest of credproxy asks of a kind
+/// (so nothing outside `kinds/` names a kind by its string).
 pub trait Kind: Sync {
-    /// The `kind = "..."` value.
+    /// The `kind = "..."` value: the only place a kind's name is written.
     fn name(&self) -> &'static str;
 
     /// The placeholders this kind fills in its routes' upstream URLs.
     fn placeholders(&self) -> &'static [Placeholder];
+
+    /// The clouds whose requests this kind can sign for a translating route
+    /// (`translate = "..."`).
+    fn translations(&self) -> &'static [TranslateTo];
+
+    /// How this kind's own token requests reach the network (`credproxy check`'s notes
+    /// about the egress proxy).
+    fn token_egress(&self) -> TokenEgress;
 
     /// Reads the table (every key the kind takes, whether set or not), reports each
     /// problem, and returns the checked spec when there was none.
@@ -90,7 +153,8 @@ pub struct ReadContext<'a> {
 /// A checked credential of some kind: everything the file said, nothing the environment
 /// says yet.
 pub trait Spec: std::any::Any + std::fmt::Debug + Send + Sync + SameAs {
-    fn kind(&self) -> &'static str;
+    /// The kind that read it (`spec.kind().name()` is its `kind = ...`).
+    fn kind(&self) -> &'static dyn Kind;
 
     /// Reads what the spec depends on in the environment, once, and binds the credential
     /// to its source and scheme. Performs no network I/O.

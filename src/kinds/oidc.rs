@@ -68,6 +68,14 @@ impl Kind for Oidc {
         &[]
     }
 
+    fn translations(&self) -> &'static [super::TranslateTo] {
+        &[]
+    }
+
+    fn token_egress(&self) -> super::TokenEgress {
+        super::TokenEgress::Ours
+    }
+
     fn read(&self, table: &mut Table, cx: &mut Checker, at: &ReadContext) -> Option<Box<dyn Spec>> {
         let before = cx.count();
         let issuer = table.string(cx, "issuer");
@@ -203,8 +211,8 @@ impl Kind for Oidc {
 }
 
 impl Spec for OidcSpec {
-    fn kind(&self) -> &'static str {
-        "oidc"
+    fn kind(&self) -> &'static dyn super::Kind {
+        &Oidc
     }
 
     fn resolve<'a>(&'a self, _name: &'a str, _env: &'a Environment) -> BoxFuture<'a, Binding> {

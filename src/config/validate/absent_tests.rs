@@ -7,7 +7,11 @@ use crate::config::EMBEDDED_DEFAULT;
 fn the_embedded_default_serves_what_this_build_has() {
     let config = Config::parse(EMBEDDED_DEFAULT, ConfigOrigin::Embedded)
         .expect("the embedded default is valid in every build");
-    let kinds: Vec<&str> = config.credentials.iter().map(|c| c.spec.kind()).collect();
+    let kinds: Vec<&str> = config
+        .credentials
+        .iter()
+        .map(|c| c.spec.kind().name())
+        .collect();
     assert!(kinds.contains(&"api_key"), "{kinds:?}");
     assert!(!kinds.contains(&"aws"), "{kinds:?}");
     let prefixes: Vec<&str> = config

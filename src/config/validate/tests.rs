@@ -457,7 +457,7 @@ fn bedrock_api_keys_default_to_bearer() {
         (key.apply.clone(), key.rejection),
         (Apply::Bearer, Rejection::BedrockApiKey)
     );
-    assert_eq!(config.credentials[0].spec.kind(), "bedrock_api_key");
+    assert_eq!(config.credentials[0].spec.kind().name(), "bedrock_api_key");
 }
 
 #[test]
@@ -568,7 +568,7 @@ credential = "acs"
         azure.key_apply,
         Apply::Header(HeaderName::from_static("x-api-key"))
     );
-    assert_eq!(config.credentials[0].spec.kind(), "acs");
+    assert_eq!(config.credentials[0].spec.kind().name(), "acs");
     let resolved = resolve(config, &[("ANTHROPIC_FOUNDRY_RESOURCE", "r")]);
     assert_eq!(
         upstream_of(&resolved, "/foundry").unwrap(),
