@@ -85,6 +85,20 @@ fn group(text: &str, found: &mut BTreeSet<String>) {
     }
 }
 
+/// The top-level module names a path from the crate root starts with: `proxy::...` or a
+/// `{...}` group.
+fn top_level(rest: &str, found: &mut BTreeSet<String>) {
+    match rest.strip_prefix('{') {
+        Some(inner) => group(inner, found),
+        None => {
+            let name = ident(rest);
+            if !name.is_empty() {
+                found.insert(name.to_string());
+            }
+        }
+    }
+}
+
 /// Every top-level module `code` in module `path` (e.g. `["client", "http2"]`) refers to.
 fn uses(code: &str, path: &[String]) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
@@ -97,16 +111,7 @@ fn uses(code: &str, path: &[String]) -> BTreeSet<String> {
         {
             continue;
         }
-        let rest = &code[i + "crate::".len()..];
-        match rest.strip_prefix('{') {
-            Some(inner) => group(inner, &mut found),
-            None => {
-                let name = ident(rest);
-                if !name.is_empty() {
-                    found.insert(name.to_string());
-                }
-            }
-        }
+        top_level(&code[i + "crate::".len()..], &mut found);
     }
     for (i, _) in code.match_indices("super::") {
         if code[..i]
@@ -127,15 +132,7 @@ fn uses(code: &str, path: &[String]) -> BTreeSet<String> {
         }
         // Climbing to the crate root: what follows is a top-level module.
         if climbs >= path.len() + inline {
-            match rest.strip_prefix('{') {
-                Some(inner) => group(inner, &mut found),
-                None => {
-                    let name = ident(rest);
-                    if !name.is_empty() {
-                        found.insert(name.to_string());
-                    }
-                }
-            }
+            top_level(rest, &mut found);
         }
     }
     found
