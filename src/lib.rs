@@ -3,11 +3,13 @@
 //! A client sends a request with no real credential; credproxy answers it like this:
 //!
 //! ```text
-//! listen ─► guard ─► route ─► strip ─► authenticate ─► forward ─► classify ─► stream back
-//!                                          ▲                         │
-//!                                          └─ invalidate + refresh ◄─┘ auth failure on the
-//!                                                                      first attempt: replay once
+//! listen ─► admit ─► target ─► body ─► prepare ─► forward ─► retry? ─► deliver ─► respond
+//!                                                    ▲          │
+//!                                                    └──────────┘ the credential (or its
+//!                                                     signature) went bad: renew, replay once
 //! ```
+//!
+//! One phase per file in `proxy/` (docs/architecture.md has the map).
 //!
 //! # Layout
 //! Bottom first; a module uses only modules above it in this list (`src/layers.rs`
@@ -29,18 +31,22 @@
 //! - [`config`]: raw TOML → validated [`config::Config`] → [`config::Resolved`] (the
 //!   environment read once).
 //! - [`telemetry`]: tracing set-up and the allow-listed access log.
-//! - [`client`]: the one pooled upstream HTTP client (rustls, the configured roots).
+//! - [`client`]: the upstream clients, one per serving thread: HTTP/1.1 through hyper's
+//!   pool, HTTP/2 through a pool of its own that opens connections as streams run out
+//!   (rustls with the OS verifier and `ca_file`, the egress proxy, client certificates).
 //! - [`callers`]: who is calling a shared credproxy — JWTs from the company's identity
 //!   provider (keys fetched, cached, rotated) and hashed static tokens; who may use which route.
 //! - [`login`]: the employee's side of a gateway — `oidc` credentials signed in by
 //!   `credproxy login` (browser or device code), stored, and refreshed under a lock shared
 //!   by every credproxy process of the user.
-//! - [`proxy`]: the per-request pipeline — local-safety guard, route table, body limit,
-//!   forward, classify and retry once, errors in the Anthropic shape.
+//! - [`proxy`]: the per-request pipeline, a file per phase — admit (guard, callers),
+//!   target (route, groups, slot), body, prepare (strip, translate), forward with its
+//!   retry policy, deliver (stream back, translate back; the observers' tap), respond
+//!   (errors in the Anthropic shape, metrics, access line).
 //! - [`server`]: binds listeners, accepts HTTP/1.1 and h2 (TLS with certificate reload, or
 //!   cleartext), shuts down gracefully.
-//! - [`cli`]: one file per command (`check`, `env`, `status`, `secret`, `hash-token`);
-//!   `main.rs` parses the command line and calls them.
+//! - [`cli`]: one file per command (`check`, `env`, `status`, `secret`, `hash-token`,
+//!   `login`/`token`/`logout`); `main.rs` parses the command line and calls them.
 //! - [`app`]: the running process — generations of the config swapped on reload, the
 //!   admin endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), signals.
 #![forbid(unsafe_code)]
