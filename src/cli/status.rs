@@ -132,6 +132,36 @@ pub fn format_status(status: &serde_json::Value) -> String {
         &["LISTENER", "PREFIX", "UPSTREAM", "CREDENTIAL", "STATE"],
         &routes,
     ));
+    // Upstreams reached over HTTP/2 (or found to speak HTTP/1.1) since the start.
+    let upstreams: Vec<Vec<String>> = status["upstreams"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|u| {
+            vec![
+                text(&u["upstream"]),
+                text(&u["protocol"]),
+                text(&u["connections"]),
+                text(&u["streams_in_use"]),
+                text(&u["stream_limit"]),
+                text(&u["waiting"]),
+            ]
+        })
+        .collect();
+    if !upstreams.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "UPSTREAM",
+                "PROTOCOL",
+                "CONNECTIONS",
+                "STREAMS IN USE",
+                "STREAM LIMIT",
+                "WAITING",
+            ],
+            &upstreams,
+        ));
+    }
     out
 }
 

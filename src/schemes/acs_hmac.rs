@@ -3,6 +3,7 @@
 //! `Authorization: HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=…`
 //! over `VERB\n<path and query>\n<date>;<host>;<content hash>`.
 
+use super::Applies;
 use std::time::SystemTime;
 
 use base64::Engine;
@@ -20,8 +21,8 @@ use crate::credentials::{AcsKey, Credential, Material};
 #[derive(Debug, Clone, Default)]
 pub struct AcsHmacScheme;
 
-impl AcsHmacScheme {
-    pub fn apply(
+impl Applies for AcsHmacScheme {
+    fn apply(
         &self,
         request: &mut Request<Full<Bytes>>,
         body: &Bytes,
@@ -58,7 +59,7 @@ impl AcsHmacScheme {
     }
 
     /// ACS answers a bad signature or key with 401: refresh (the key may have rotated).
-    pub fn classify(&self, status: StatusCode, _headers: &HeaderMap) -> Verdict {
+    fn classify(&self, status: StatusCode, _headers: &HeaderMap) -> Verdict {
         if status == StatusCode::UNAUTHORIZED {
             Verdict::Refresh
         } else {
@@ -66,7 +67,7 @@ impl AcsHmacScheme {
         }
     }
 
-    pub fn classify_body(&self, status: StatusCode, headers: &HeaderMap, _body: &[u8]) -> Verdict {
+    fn classify_body(&self, status: StatusCode, headers: &HeaderMap, _body: &[u8]) -> Verdict {
         self.classify(status, headers)
     }
 }

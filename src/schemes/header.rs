@@ -1,6 +1,7 @@
 //! A key or token in a single header: the Anthropic API, Azure keys, bearer tokens,
 //! Bedrock API keys.
 
+use super::Applies;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
@@ -64,8 +65,10 @@ impl HeaderScheme {
     pub fn is_bedrock(&self) -> bool {
         self.rejection == Rejection::BedrockApiKey
     }
+}
 
-    pub fn apply(
+impl Applies for HeaderScheme {
+    fn apply(
         &self,
         request: &mut Request<Full<Bytes>>,
         _body: &Bytes,
@@ -89,7 +92,7 @@ impl HeaderScheme {
     /// Azure "invalid subscription key", an expired bearer). 403 is a permission problem a
     /// new key would not cure and passes through, except Bedrock's 403 for a bad API key,
     /// which the body tells apart.
-    pub fn classify(&self, status: StatusCode, _headers: &HeaderMap) -> Verdict {
+    fn classify(&self, status: StatusCode, _headers: &HeaderMap) -> Verdict {
         match (status, self.rejection) {
             (StatusCode::UNAUTHORIZED, _) => Verdict::Refresh,
             (StatusCode::FORBIDDEN, Rejection::BedrockApiKey) => {
@@ -99,7 +102,7 @@ impl HeaderScheme {
         }
     }
 
-    pub fn classify_body(&self, status: StatusCode, _headers: &HeaderMap, body: &[u8]) -> Verdict {
+    fn classify_body(&self, status: StatusCode, _headers: &HeaderMap, body: &[u8]) -> Verdict {
         if status == StatusCode::FORBIDDEN
             && self.rejection == Rejection::BedrockApiKey
             && body.trim_ascii_start().starts_with(BEDROCK_KEY_REJECTED)

@@ -1,5 +1,6 @@
 //! Schemes: how a credential goes onto a request, and which upstream answers mean that it
-//! went bad. One file per scheme; [`Scheme`] dispatches with an exhaustive `match`.
+//! went bad. One file per scheme, each implementing [`Applies`]; [`Scheme`] holds one and
+//! hands every call to it (adding a scheme is a variant and one arm in `Scheme::inner`).
 //!
 //! Both halves run in the retry loop of `proxy`: [`Scheme::apply`] right before
 //! each attempt is sent (so signatures are fresh on a replay), [`Scheme::classify`] after
@@ -67,6 +68,16 @@ impl Scheme {
         matches!(self, Scheme::Header(h) if h.is_bedrock())
     }
 
+    /// The scheme itself.
+    fn inner(&self) -> &dyn Applies {
+        match self {
+            Scheme::Header(scheme) => scheme,
+            #[cfg(feature = "aws")]
+            Scheme::SigV4(scheme) => scheme,
+            Scheme::AcsHmac(scheme) => scheme,
+        }
+    }
+
     /// Puts the credential on an upstream request whose client credentials are already
     /// stripped. `body` is the exact body that will be sent.
     pub fn apply(
@@ -75,31 +86,30 @@ impl Scheme {
         body: &Bytes,
         credential: &Credential,
     ) -> Result<(), ApplyError> {
-        match self {
-            Scheme::Header(scheme) => scheme.apply(request, body, credential),
-            #[cfg(feature = "aws")]
-            Scheme::SigV4(scheme) => scheme.apply(request, body, credential),
-            Scheme::AcsHmac(scheme) => scheme.apply(request, body, credential),
-        }
+        self.inner().apply(request, body, credential)
     }
 
     /// Judges the response to a first attempt from its status and headers.
     pub fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
-        match self {
-            Scheme::Header(scheme) => scheme.classify(status, headers),
-            #[cfg(feature = "aws")]
-            Scheme::SigV4(scheme) => scheme.classify(status, headers),
-            Scheme::AcsHmac(scheme) => scheme.classify(status, headers),
-        }
+        self.inner().classify(status, headers)
     }
 
     /// Judges a response whose first verdict was [`Verdict::Inspect`], from its whole (small) body.
     pub fn classify_body(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
-        match self {
-            Scheme::Header(scheme) => scheme.classify_body(status, headers, body),
-            #[cfg(feature = "aws")]
-            Scheme::SigV4(scheme) => scheme.classify_body(status, headers, body),
-            Scheme::AcsHmac(scheme) => scheme.classify_body(status, headers, body),
-        }
+        self.inner().classify_body(status, headers, body)
     }
+}
+
+/// What every scheme does: put a credential on a request, and judge the answers.
+pub trait Applies {
+    fn apply(
+        &self,
+        request: &mut Request<Full<Bytes>>,
+        body: &Bytes,
+        credential: &Credential,
+    ) -> Result<(), ApplyError>;
+
+    fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict;
+
+    fn classify_body(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict;
 }

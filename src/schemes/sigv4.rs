@@ -7,6 +7,7 @@
 //! trace headers) travels unsigned, so no proxy or client change to them can break a
 //! signature.
 
+use super::Applies;
 use std::time::SystemTime;
 
 use aws_sigv4::http_request::{
@@ -35,8 +36,10 @@ impl SigV4Scheme {
     pub fn new(service: String, region: Option<String>) -> Self {
         SigV4Scheme { service, region }
     }
+}
 
-    pub fn apply(
+impl Applies for SigV4Scheme {
+    fn apply(
         &self,
         request: &mut Request<Full<Bytes>>,
         body: &Bytes,
@@ -97,7 +100,7 @@ impl SigV4Scheme {
     /// AWS says "bad credential" with a 403 and an error type: expired or unknown keys are
     /// refreshed; a signature that expired or is not yet valid (clock skew) is signed again
     /// with the same keys; `AccessDeniedException` and the rest are real answers.
-    pub fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
+    fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
         if status == StatusCode::UNAUTHORIZED {
             return Verdict::Refresh;
         }
@@ -118,7 +121,7 @@ impl SigV4Scheme {
         }
     }
 
-    pub fn classify_body(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
+    fn classify_body(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
         if status != StatusCode::FORBIDDEN {
             return self.classify(status, headers);
         }

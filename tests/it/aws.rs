@@ -19,18 +19,8 @@ const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 
 /// Routes `/bedrock` to `upstream` with an `aws` credential.
 fn aws_config(upstream: &str, extra: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-[credentials.aws]
-kind = "aws"
-region = "us-east-1"
-{extra}
-[[routes]]
-prefix = "/bedrock"
-upstream = "{upstream}"
-credential = "aws"
-"#
-    )
+    let table = format!("kind = \"aws\"\nregion = \"us-east-1\"\n{extra}");
+    one_route("aws", &table, "/bedrock", upstream)
 }
 
 /// An AWS JSON error: the type in `x-amzn-ErrorType`, the message in the body.

@@ -20,16 +20,12 @@ use sha2::{Digest, Sha256};
 const FOUNDRY_MESSAGES: &str = "/foundry/v1/messages";
 
 fn azure_config(upstream: &str, extra: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-[credentials.azure]
-kind = "azure"
-{extra}
-[[routes]]
-prefix = "/foundry"
-upstream = "{upstream}/anthropic"
-credential = "azure"
-"#
+    let table = format!("kind = \"azure\"\n{extra}");
+    one_route(
+        "azure",
+        &table,
+        "/foundry",
+        &format!("{upstream}/anthropic"),
     )
 }
 

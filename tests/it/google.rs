@@ -16,17 +16,8 @@ const RAW_PREDICT: &str = "/vertex/v1/projects/test-project/locations/us-east5/p
 const STREAM_RAW_PREDICT: &str = "/vertex/v1/projects/test-project/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict";
 
 fn vertex_config(upstream: &str, extra: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-[credentials.google]
-kind = "google"
-{extra}
-[[routes]]
-prefix = "/vertex"
-upstream = "{upstream}"
-credential = "google"
-"#
-    )
+    let table = format!("kind = \"google\"\n{extra}");
+    one_route("google", &table, "/vertex", upstream)
 }
 
 /// A fake Vertex that accepts only the bearer `ya29.token-{accepted}`.

@@ -132,7 +132,12 @@ async fn a_full_connection_cap_gets_503_after_queue_timeout() {
     .await;
     let scratch = Scratch::new();
     let extra = "workers = 1\npool_max_connections_per_host = 1\nqueue_timeout = \"1s\"";
-    let proxy = credproxy(&scratch, &http2_config(&upstream.url(), "always", extra)).start();
+    // A fixed admin port, so `credproxy status` finds it.
+    let config = http2_config(&upstream.url(), "always", extra).replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        &format!("admin_listen = \"127.0.0.1:{}\"", Scratch::free_port()),
+    );
+    let proxy = credproxy(&scratch, &config).start();
     let url = proxy.url("/v1/messages");
     let held: Vec<_> = (0..2)
         .map(|_| tokio::spawn(timed_stream(url.clone())))
@@ -163,6 +168,13 @@ async fn a_full_connection_cap_gets_503_after_queue_timeout() {
     assert_eq!(host["connections"], 1, "{status}");
     assert_eq!(host["streams_in_use"], 2, "{status}");
     assert_eq!(host["stream_limit"], 2, "{status}");
+    let (_, stdout, stderr) = credproxy(&scratch, &config).run_async("status").await;
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&upstream.url()))
+        .unwrap_or_else(|| panic!("no upstream row: {stdout}{stderr}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..], ["HTTP/2", "1", "2", "2", "0"], "{stdout}");
     let metrics = get(&proxy.admin_url("/metrics").await).await.text();
     assert!(
         metrics.contains("credproxy_upstream_stream_wait_seconds_count{route=\"/\"}"),

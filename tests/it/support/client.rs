@@ -127,26 +127,26 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// A config with one route, `prefix` to `upstream`, and its credential `name`, whose
+/// table holds `table` (the lines after `[credentials.NAME]`): the shape most tests start
+/// from.
+pub fn one_route(name: &str, table: &str, prefix: &str, upstream: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\n\n[credentials.{name}]\n{table}\n\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\ncredential = \"{name}\"\n"
+    )
+}
+
 /// One route, `prefix` to `upstream`, with the literal key `k`.
 pub fn route_config(prefix: &str, upstream: &str) -> String {
-    format!(
-        "listen = \"127.0.0.1:0\"\n[credentials.key]\nkind = \"api_key\"\nvalue = \"k\"\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\ncredential = \"key\"\n"
-    )
+    one_route("key", "kind = \"api_key\"\nvalue = \"k\"", prefix, upstream)
 }
 
 /// The route table every test config starts from: `/` to `upstream` with credential `key`.
 pub fn config(upstream: &str, credential: &str) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-
-[credentials.key]
-kind = "api_key"
-{credential}
-
-[[routes]]
-prefix = "/"
-upstream = "{upstream}"
-credential = "key"
-"#
+    one_route(
+        "key",
+        &format!("kind = \"api_key\"\n{credential}"),
+        "/",
+        upstream,
     )
 }
