@@ -3,91 +3,21 @@
 //! command in `cli` picks its own.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use credproxy::cli;
+use credproxy::cli::args::{Args, Command, SecretAction};
 use credproxy::config::{Config, EMBEDDED_DEFAULT};
 use credproxy::credentials::keychain;
 use credproxy::kinds::Environment;
-use credproxy::telemetry::{self, LogFormat};
+use credproxy::telemetry;
 
 /// jemalloc with its background purging thread: memory freed after a burst goes back to
 /// the system within seconds (glibc's allocator kept a 5,000-request burst's ~50 MiB; see
 /// docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// A local authenticating reverse proxy for AI model APIs: point a client's base URL at it,
-/// and it adds the real credential to every request.
-#[derive(Debug, Parser)]
-#[command(name = "credproxy", version)]
-struct Args {
-    /// Config file (default: $CREDPROXY_CONFIG, else the embedded default).
-    #[arg(long, short, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Log level: error, warn, info, debug or trace. $CREDPROXY_LOG (a tracing filter) overrides it.
-    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
-    log_level: String,
-    /// Log as text or as JSON lines.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the proxy (the default).
-    Run,
-    /// Validate the config and fetch every credential once; exit 1 if any fails.
-    Check,
-    /// Print the environment clients need to use each route.
-    Env,
-    /// Ask the running credproxy (its admin listener, from the config) how each credential
-    /// and route is doing.
-    Status,
-    /// Print the embedded default config.
-    DefaultConfig,
-    /// Print the `[[callers.tokens]]` lines for a caller token: read from the terminal
-    /// without echo (or from standard input when piped); only its SHA-256 is printed.
-    HashToken {
-        /// The caller's name in the access log (prints a whole `[[callers.tokens]]` table).
-        #[arg(long)]
-        name: Option<String>,
-        /// Make a new random token (256 bits), print it once on stderr, and its table.
-        #[arg(long)]
-        generate: bool,
-    },
-    /// Log in to the identity provider of `oidc` credential NAME (the only one when left
-    /// out): a browser with a loopback redirect, or a device code without a display.
-    Login {
-        name: Option<String>,
-        /// Use the device code flow (a code to enter on any device) instead of the browser.
-        #[arg(long)]
-        device: bool,
-    },
-    /// Print a current token of `oidc` credential NAME, refreshed if needed; fit for Claude
-    /// Code's `apiKeyHelper`. Exits 1 with what to do when there is none.
-    Token { name: Option<String> },
-    /// Revoke the login of `oidc` credential NAME at its identity provider and delete it.
-    Logout { name: Option<String> },
-    /// Store or remove a credential's key in the OS keychain (`keychain = ...` in its table).
-    Secret {
-        #[command(subcommand)]
-        action: SecretAction,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum SecretAction {
-    /// Store the key of credential NAME: read from the terminal without echo, or from
-    /// standard input when it is piped.
-    Set { name: String },
-    /// Remove the key stored for credential NAME.
-    Delete { name: String },
-}
 
 fn main() -> ExitCode {
     // Several rustls backends are compiled in (ring, and aws-lc-rs through the AWS SDK);

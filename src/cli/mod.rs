@@ -2,6 +2,7 @@
 //! `login`/`token`/`logout` do, the text they print and the exit code they end with.
 //! `main.rs` parses the arguments and calls one of these.
 
+pub mod args;
 pub mod check;
 pub mod env;
 pub mod hash_token;
