@@ -127,11 +127,15 @@ impl Proxy {
             }
             Ok(Err(error)) if is_timeout(error.as_ref()) => Err(timeout()),
             Ok(Err(error)) => match error.downcast::<Busy>() {
-                Ok(busy) => Err(ProxyError::UpstreamBusy {
-                    route: route.prefix.clone(),
-                    upstream: route.upstream_text(),
-                    busy: *busy,
-                }),
+                Ok(busy) => {
+                    // A wait that ended in a 503 is a wait too.
+                    self.shared.metrics.stream_wait(&route.prefix, busy.waited);
+                    Err(ProxyError::UpstreamBusy {
+                        route: route.prefix.clone(),
+                        upstream: route.upstream_text(),
+                        busy: *busy,
+                    })
+                }
                 Err(error) => Err(ProxyError::UpstreamUnreachable {
                     route: route.prefix.clone(),
                     upstream: route.upstream_text(),

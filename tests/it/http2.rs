@@ -176,10 +176,14 @@ async fn a_full_connection_cap_gets_503_after_queue_timeout() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cells[1..], ["HTTP/2", "1", "2", "2", "0"], "{stdout}");
     let metrics = get(&proxy.admin_url("/metrics").await).await.text();
-    assert!(
-        metrics.contains("credproxy_upstream_stream_wait_seconds_count{route=\"/\"}"),
-        "{metrics}"
-    );
+    // The refused request waited a second for a stream: the wait is in the histogram.
+    let waited: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("credproxy_upstream_stream_wait_seconds_sum{route=\"/\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(waited >= 0.9, "{waited} s of waits recorded: {metrics}");
     for task in held {
         let (status, _, text) = task.await.unwrap();
         assert_eq!(status, 200, "{text}");
