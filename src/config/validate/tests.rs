@@ -806,3 +806,34 @@ fn an_oidc_credential_is_read_with_its_defaults_and_checked() {
         "{p:?}"
     );
 }
+
+#[test]
+fn upstream_http2_and_the_connection_cap_are_checked() {
+    let route = |http2: &str| {
+        format!(
+            "pool_max_connections_per_host = 0\n[credentials.key]\nkind = \"api_key\"\nvalue = \"k\"\n[[routes]]\nprefix = \"/\"\nupstream = \"https://api.anthropic.com\"\ncredential = \"key\"\nupstream_http2 = \"{http2}\"\n"
+        )
+    };
+    let found = problems(&route("sometimes"));
+    let http2 = found
+        .iter()
+        .find(|p| p.message.contains("upstream_http2"))
+        .unwrap_or_else(|| panic!("{found:?}"));
+    assert_eq!((http2.line, http2.column), (9, 18), "{http2:?}");
+    assert!(
+        http2.hint.as_deref().unwrap().contains("\"auto\""),
+        "{http2:?}"
+    );
+    let cap = found
+        .iter()
+        .find(|p| p.message.contains("pool_max_connections_per_host"))
+        .unwrap_or_else(|| panic!("{found:?}"));
+    assert_eq!(cap.line, 1, "{cap:?}");
+    let good = route("always").replace("pool_max_connections_per_host = 0", "");
+    let config = parse(&good).unwrap();
+    assert_eq!(
+        config.listeners[0].routes[0].http2,
+        crate::config::Http2::Always
+    );
+    assert_eq!(config.limits.pool_max_connections_per_host, 512);
+}
