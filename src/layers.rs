@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "failure",
     "files",
     "headers",
+    "eventstream",
     "upstream",
     "fields",
     "credentials",

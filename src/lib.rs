@@ -19,6 +19,8 @@
 //! - [`failure`]: who must act on an error ([`failure::Side`]) and how a cause chain reads.
 //! - [`files`]: PEM certificates and keys, and the stamp that tells a file changed.
 //! - [`headers`]: which headers cross the proxy (hop-by-hop, client credentials).
+//! - [`eventstream`]: Bedrock's AWS event-stream frames — what a frame's headers and
+//!   `chunk` payload say, read by the translation and by usage metering alike.
 //! - [`upstream`]: an upstream base URL, checked.
 //! - [`fields`]: reading TOML with every value's line and column; every problem collected.
 //! - [`credentials`]: the values ([`credentials::Secret`], [`credentials::Credential`]),
@@ -57,6 +59,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod credentials;
+pub mod eventstream;
 pub mod failure;
 pub mod fields;
 pub mod files;

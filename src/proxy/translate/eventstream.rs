@@ -7,10 +7,13 @@
 
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::Message;
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
 
 use super::errors;
+use crate::eventstream::{chunk_event, header};
+// Where fakes, tests and the benchmark have long found the frame writers.
+#[doc(hidden)]
+pub use crate::eventstream::{encode_chunk, encode_frame};
 
 /// A frame larger than this is refused (botocore's limit).
 const MAX_BUFFERED: usize = 24 * 1024 * 1024;
@@ -21,11 +24,6 @@ pub struct EventStreamToSse {
     buffer: BytesMut,
     /// An error event was sent: the stream ends here.
     pub finished: bool,
-}
-
-#[derive(serde::Deserialize)]
-struct Chunk {
-    bytes: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -93,21 +91,10 @@ impl EventStreamToSse {
     }
 
     fn emit(&mut self, message: &Message, out: &mut Vec<u8>) {
-        let header = |name: &str| {
-            message
-                .headers()
-                .iter()
-                .find(|h| h.name().as_str() == name)
-                .and_then(|h| h.value().as_string().ok())
-                .map(|s| s.as_str().to_string())
-        };
-        match header(":message-type").as_deref() {
-            Some("event") if header(":event-type").as_deref() == Some("chunk") => {
-                let Ok(chunk) = serde_json::from_slice::<Chunk>(message.payload()) else {
-                    return;
-                };
-                let Ok(event) = base64::engine::general_purpose::STANDARD.decode(chunk.bytes)
-                else {
+        let header = |name: &str| header(message, name);
+        match header(":message-type") {
+            Some("event") if header(":event-type") == Some("chunk") => {
+                let Some(event) = chunk_event(message.payload()) else {
                     return;
                 };
                 let Some(kind) = serde_json::from_slice::<Typed>(&event)
@@ -129,13 +116,13 @@ impl EventStreamToSse {
                             .map(str::to_string)
                     })
                     .unwrap_or_else(|| String::from_utf8_lossy(message.payload()).into_owned());
-                let (_, kind) = errors::bedrock_code(&code).unwrap_or((500, "api_error"));
+                let (_, kind) = errors::bedrock_code(code).unwrap_or((500, "api_error"));
                 self.fail(kind, &format!("{code}: {text}"), out);
             }
             Some("error") => {
                 let code = header(":error-code").unwrap_or_default();
                 let text = header(":error-message").unwrap_or_default();
-                let (_, kind) = errors::bedrock_code(&code).unwrap_or((500, "api_error"));
+                let (_, kind) = errors::bedrock_code(code).unwrap_or((500, "api_error"));
                 self.fail(kind, &format!("{code}: {text}"), out);
             }
             _ => {}
@@ -161,40 +148,6 @@ fn sse(out: &mut Vec<u8>, event: &str, data: &[u8]) {
         out.push(b'\n');
     }
     out.push(b'\n');
-}
-
-/// One event-stream frame with string headers: what Bedrock sends (fakes, tests and the
-/// benchmark build their streams with it).
-#[doc(hidden)]
-pub fn encode_frame(headers: &[(&'static str, &str)], payload: Vec<u8>) -> Vec<u8> {
-    use aws_smithy_types::event_stream::{Header, HeaderValue};
-    let mut message = Message::new(payload);
-    for (name, value) in headers {
-        message = message.add_header(Header::new(
-            *name,
-            HeaderValue::String(value.to_string().into()),
-        ));
-    }
-    let mut out = Vec::new();
-    aws_smithy_eventstream::frame::write_message_to(&message, &mut out)
-        .expect("a frame of string headers encodes");
-    out
-}
-
-/// Bedrock's `chunk` frame carrying one Anthropic stream event.
-#[doc(hidden)]
-pub fn encode_chunk(event: &str) -> Vec<u8> {
-    let payload = serde_json::json!({
-        "bytes": base64::engine::general_purpose::STANDARD.encode(event)
-    });
-    encode_frame(
-        &[
-            (":event-type", "chunk"),
-            (":content-type", "application/json"),
-            (":message-type", "event"),
-        ],
-        serde_json::to_vec(&payload).expect("JSON"),
-    )
 }
 
 #[cfg(test)]
