@@ -351,9 +351,36 @@ fn translation(c: &mut Criterion) {
     });
 }
 
+/// What usage metering adds to each chunk of a stream: the bulk of a stream is text
+/// deltas, which the meter must pass over at next to no cost.
+fn usage_metering(c: &mut Criterion) {
+    use credproxy::usage::meter::Meter;
+    let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello, world\"}}\n\n";
+    let mut sse = HeaderMap::new();
+    sse.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    let mut meter = Meter::new(&sse);
+    c.bench_function("usage_meter_sse_delta_event", |b| {
+        b.iter(|| meter.feed(std::hint::black_box(delta.as_bytes())))
+    });
+    let event = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello, world"}}"#;
+    let frame = credproxy::eventstream::encode_chunk(event);
+    let mut stream = HeaderMap::new();
+    stream.insert(
+        "content-type",
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    let mut meter = Meter::new(&stream);
+    c.bench_function("usage_meter_bedrock_stream_frame", |b| {
+        b.iter(|| meter.feed(std::hint::black_box(&frame)))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = route_match, strip_and_inject, signing, caller_validation, translation
+    targets = route_match, strip_and_inject, signing, caller_validation, translation, usage_metering
 }
 criterion_main!(benches);

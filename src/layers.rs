@@ -28,6 +28,7 @@ const LAYERS: &[&str] = &[
     "kinds",
     "config",
     "telemetry",
+    "usage",
     "client",
     "callers",
     "login",

@@ -33,6 +33,8 @@
 //! - [`config`]: raw TOML → validated [`config::Config`] → [`config::Resolved`] (the
 //!   environment read once).
 //! - [`telemetry`]: tracing set-up and the allow-listed access log.
+//! - [`usage`]: what each model request used — token counts read from the answer as it
+//!   streams (every provider's shape, compressed or not) and the model it asked for.
 //! - [`client`]: the upstream clients, one per serving thread: HTTP/1.1 through hyper's
 //!   pool, HTTP/2 through a pool of its own that opens connections as streams run out
 //!   (rustls with the OS verifier and `ca_file`, the egress proxy, client certificates).
@@ -74,3 +76,4 @@ pub mod schemes;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;

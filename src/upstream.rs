@@ -103,7 +103,8 @@ pub fn unsafe_path(path: &str) -> Option<&'static str> {
     dotted.then_some("has a `.` or `..` segment")
 }
 
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+/// `%XX` escapes decoded; anything else (a stray `%`, `+`) kept as it is.
+pub fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
