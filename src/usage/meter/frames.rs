@@ -132,3 +132,43 @@ impl Frames {
         self.seen
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::counts::Counts;
+    use super::*;
+    use crate::eventstream::encode_chunk;
+
+    const USAGE: &str = r#"{"type":"message_delta","usage":{"output_tokens":3}}"#;
+
+    #[test]
+    fn an_oversized_frame_whose_length_comes_in_pieces_is_skipped_unheld() {
+        let big = format!(
+            r#"{{"type":"content_block_delta","text":"{}"}}"#,
+            "z".repeat(MAX_FRAME)
+        );
+        let mut stream = encode_chunk(&big);
+        stream.extend(encode_chunk(USAGE));
+        let mut frames = Frames::default();
+        frames.feed(&stream[..2]);
+        frames.feed(&stream[2..5]);
+        assert!(frames.skip > 0 && frames.pending.is_empty());
+        for piece in stream[5..].chunks(4096) {
+            frames.feed(piece);
+            assert!(frames.pending.len() <= MAX_FRAME);
+        }
+        assert_eq!(frames.finish().counts(Counts::default()).output, Some(3));
+    }
+
+    #[test]
+    fn a_bad_checksum_stops_the_reading() {
+        let mut stream = encode_chunk(USAGE);
+        let last = stream.len() - 1;
+        stream[last] ^= 1;
+        stream.extend(encode_chunk(USAGE));
+        let mut frames = Frames::default();
+        frames.feed(&stream);
+        assert!(frames.broken);
+        assert_eq!(frames.finish().counts(Counts::default()), Counts::default());
+    }
+}
