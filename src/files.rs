@@ -8,6 +8,18 @@ use std::time::SystemTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// credproxy's state folder (logins, usage counters): `$XDG_STATE_HOME/credproxy`, else
+/// `$HOME/.local/state/credproxy`, as the XDG base directory spec places state.
+pub fn state_dir(xdg_state_home: Option<&str>, home: Option<&Path>) -> Option<std::path::PathBuf> {
+    match (xdg_state_home.filter(|d| !d.is_empty()), home) {
+        (Some(dir), _) => Some(Path::new(dir).join("credproxy")),
+        (None, Some(home)) if !home.as_os_str().is_empty() => {
+            Some(home.join(".local/state/credproxy"))
+        }
+        _ => None,
+    }
+}
+
 /// Size, modification time and inode: editors that replace a file, and Kubernetes' symlink
 /// swaps, change at least one.
 pub type Stamp = Option<(u64, SystemTime, u64)>;

@@ -34,7 +34,8 @@
 //!   environment read once).
 //! - [`telemetry`]: tracing set-up and the allow-listed access log.
 //! - [`usage`]: what each model request used — token counts read from the answer as it
-//!   streams (every provider's shape, compressed or not) and the model it asked for.
+//!   streams (every provider's shape, compressed or not) and the model it asked for — and
+//!   spend and quotas per caller, group and tag, in an embedded store or Redis.
 //! - [`client`]: the upstream clients, one per serving thread: HTTP/1.1 through hyper's
 //!   pool, HTTP/2 through a pool of its own that opens connections as streams run out
 //!   (rustls with the OS verifier and `ca_file`, the egress proxy, client certificates).

@@ -71,6 +71,9 @@ fn main() -> ExitCode {
         match args.command {
             None | Some(Command::Run) => credproxy::app::run(resolved, args.config.clone()).await,
             Some(Command::Status) => cli::status::run(&resolved).await,
+            Some(Command::Usage { by, tag, window }) => {
+                cli::usage::run(&resolved, by, tag.as_deref(), window).await
+            }
             Some(Command::Check) => cli::check::run(resolved).await,
             Some(Command::Env) => cli::env::run(&resolved),
             Some(Command::Login { name, device }) => {

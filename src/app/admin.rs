@@ -10,6 +10,8 @@
 //! - `GET /status`: JSON per credential (kind, source, fetched at, expires in, fetches,
 //!   rejections, last error — never a value) and per route (upstream, credential, why
 //!   disabled). `credproxy status` prints it as a table.
+//! - `GET /usage?window=minute|day|month[&tag=T]`: usage and spend totals of the current
+//!   window by caller, group, tag, route and model (`credproxy usage` prints a table).
 //!
 //! The same Host and Origin guard as the proxy listeners applies (a web page must not read
 //! `/status` through DNS rebinding).
@@ -31,6 +33,7 @@ use super::Current;
 use crate::config::AdminListen;
 use crate::proxy::guard::Guard;
 use crate::telemetry::Metrics;
+use crate::usage::window::Window;
 
 /// Binds the admin listener and serves it in the background. A default address that is
 /// taken (a second credproxy on this machine) is a warning; an address written in the
@@ -70,8 +73,11 @@ async fn serve(listener: TcpListener, local: SocketAddr, current: Current, metri
         let local = stream.local_addr().unwrap_or(local);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let answer = answer(&request, local, &current, &metrics);
-                async move { Ok::<_, std::convert::Infallible>(answer) }
+                let (current, metrics) = (Arc::clone(&current), Arc::clone(&metrics));
+                async move {
+                    let answer = answer(&request, local, &current, &metrics).await;
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -82,13 +88,13 @@ async fn serve(listener: TcpListener, local: SocketAddr, current: Current, metri
     }
 }
 
-fn answer(
+async fn answer(
     request: &Request<Incoming>,
     local: SocketAddr,
     current: &Current,
     metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
-    let generation = current.load();
+    let generation = current.load_full();
     let (parts, ()) = clone_head(request);
     let guard = Guard::new(generation.resolved.config.guard.clone(), local);
     if let Err(error) = guard.check(&parts) {
@@ -120,9 +126,10 @@ fn answer(
             metrics.render(),
         ),
         "/status" => json_response(StatusCode::OK, &status(&generation)),
+        "/usage" => usage(&generation, request.uri().query()).await,
         _ => json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": "not found; the admin endpoints are /healthz, /readyz, /metrics and /status"}),
+            &json!({"error": "not found; the admin endpoints are /healthz, /readyz, /metrics, /status and /usage"}),
         ),
     }
 }
@@ -247,6 +254,37 @@ fn status(generation: &super::Generation) -> Value {
         "routes": routes,
         "upstreams": upstreams,
     })
+}
+
+/// `GET /usage?window=minute|day|month[&tag=T]`.
+async fn usage(generation: &super::Generation, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut window = Window::Day;
+    let mut tag = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "window" => match Window::parse(&value) {
+                Some(w) => window = w,
+                None => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": format!("`window={value}` is not a window; write minute, day or month")}),
+                    );
+                }
+            },
+            "tag" => tag = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let ledger = &generation.shared.usage;
+    match ledger.totals(window).await {
+        Ok(scopes) => {
+            let second = crate::usage::window::epoch_seconds(SystemTime::now());
+            let mut body = crate::usage::report::build(&scopes, window, second, tag.as_deref());
+            body["store"] = json!(ledger.backing().name());
+            json_response(StatusCode::OK, &body)
+        }
+        Err(error) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": error})),
+    }
 }
 
 fn rfc3339(at: SystemTime) -> String {

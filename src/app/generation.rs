@@ -26,6 +26,8 @@ pub struct Generation {
     pub loaded_at: SystemTime,
     /// Names of the credentials this generation took over from the previous one.
     pub kept: BTreeSet<String>,
+    /// `[usage]`, prices and quotas, handed to the ledger when this generation is applied.
+    pub usage_rules: Arc<crate::usage::Rules>,
 }
 
 /// What changed between two generations, for the reload's log line.
@@ -107,7 +109,21 @@ impl Generation {
             let client = crate::client::Clients::with_identity(&resolved, files)?;
             identity_clients.insert(files.clone(), client);
         }
-        let mut shared = Shared::new(&resolved, client, callers, Arc::clone(metrics));
+        // The ledger outlives generations: a reload keeps every counter and judges the
+        // running windows by the new quotas once the reload is applied.
+        let (usage, usage_rules) = match previous {
+            Some(previous) => {
+                let usage = Arc::clone(&previous.shared.usage);
+                let rules = crate::usage::rules(&resolved, Some(&usage.rules()), metrics)?;
+                (usage, Arc::new(rules))
+            }
+            None => {
+                let usage = crate::usage::open(&resolved, metrics)?;
+                let rules = usage.rules().clone();
+                (usage, rules)
+            }
+        };
+        let mut shared = Shared::new(&resolved, client, callers, Arc::clone(metrics), usage);
         shared.identity_clients = identity_clients;
         let shared = Arc::new(shared);
         Ok(Generation {
@@ -116,6 +132,7 @@ impl Generation {
             tls,
             loaded_at: SystemTime::now(),
             kept,
+            usage_rules,
         })
     }
 

@@ -127,6 +127,8 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         admin.abort();
     }
     server.shutdown(grace).await;
+    // Answers that ended during the grace period are in the state file.
+    current.load().shared.usage.save();
     ExitCode::SUCCESS
 }
 
@@ -244,6 +246,7 @@ async fn reload(
         !kept.contains(&credential.name) || credential.cached.peek().is_none()
     });
     metrics.set_credentials(cells(&next));
+    next.shared.usage.configure(Arc::clone(&next.usage_rules));
     current.store(Arc::new(next));
     metrics
         .reloads

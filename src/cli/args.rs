@@ -35,6 +35,19 @@ pub enum Command {
     /// Ask the running credproxy (its admin listener, from the config) how each credential
     /// and route is doing.
     Status,
+    /// Ask the running credproxy for usage and spend in the current window: a table by
+    /// caller, group, tag, route or model.
+    Usage {
+        /// What to break the totals down by.
+        #[arg(long, value_enum, default_value = "caller")]
+        by: crate::cli::usage::By,
+        /// Only the requests that carried this tag (a benchmark run, a project).
+        #[arg(long)]
+        tag: Option<String>,
+        /// The window: the sliding minute, or the UTC day or month.
+        #[arg(long, value_enum, default_value = "day")]
+        window: crate::cli::usage::WindowArg,
+    },
     /// Print the embedded default config.
     DefaultConfig,
     /// Print the `[[callers.tokens]]` lines for a caller token: read from the terminal

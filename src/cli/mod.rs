@@ -1,4 +1,4 @@
-//! One file per command: what `check`, `env`, `status`, `secret`, `hash-token` and
+//! One file per command: what `check`, `env`, `status`, `usage`, `secret`, `hash-token` and
 //! `login`/`token`/`logout` do, the text they print and the exit code they end with.
 //! `main.rs` parses the arguments and calls one of these.
 
@@ -10,6 +10,7 @@ pub mod login;
 pub mod secret;
 pub mod status;
 mod table;
+pub mod usage;
 
 use std::process::ExitCode;
 

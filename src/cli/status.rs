@@ -17,19 +17,11 @@ use crate::config::Resolved;
 
 /// `credproxy status`: the running process's `/status` as tables.
 pub async fn run(resolved: &Resolved) -> ExitCode {
-    let Some(addr) = resolved.config.admin.addr() else {
-        eprintln!(
-            "credproxy: `admin_listen` is \"off\" in this config; set it to an address to use `credproxy status`"
-        );
-        return ExitCode::FAILURE;
+    let addr = match admin_addr(resolved, "status") {
+        Ok(addr) => addr,
+        Err(error) => return super::failed(error),
     };
-    if addr.port() == 0 {
-        eprintln!(
-            "credproxy: `admin_listen` has port 0, so the running process's port is not known; set a fixed port"
-        );
-        return ExitCode::FAILURE;
-    }
-    match fetch_status(addr).await {
+    match fetch_admin(addr, "/status").await {
         Ok(status) => {
             let ours = resolved.config.origin.display_name();
             if status["config"]["origin"].as_str() != Some(ours.as_str()) {
@@ -165,8 +157,24 @@ pub fn format_status(status: &serde_json::Value) -> String {
     out
 }
 
-/// `credproxy status`: asks the running process for `/status`.
-async fn fetch_status(addr: SocketAddr) -> Result<Value, String> {
+/// The running process's admin listener, from the config, for `credproxy COMMAND`.
+pub(super) fn admin_addr(resolved: &Resolved, command: &str) -> Result<SocketAddr, String> {
+    let Some(addr) = resolved.config.admin.addr() else {
+        return Err(format!(
+            "`admin_listen` is \"off\" in this config; set it to an address to use `credproxy {command}`"
+        ));
+    };
+    if addr.port() == 0 {
+        return Err(
+            "`admin_listen` has port 0, so the running process's port is not known; set a fixed port"
+                .to_string(),
+        );
+    }
+    Ok(addr)
+}
+
+/// Asks the running process's admin listener for `path` (`/status`, `/usage?...`).
+pub(super) async fn fetch_admin(addr: SocketAddr, path: &str) -> Result<Value, String> {
     let stream = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::net::TcpStream::connect(addr),
@@ -185,7 +193,7 @@ async fn fetch_status(addr: SocketAddr) -> Result<Value, String> {
     } else {
         addr.to_string()
     };
-    let request = Request::get("/status")
+    let request = Request::get(path)
         .header(header::HOST, host)
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
@@ -204,5 +212,5 @@ async fn fetch_status(addr: SocketAddr) -> Result<Value, String> {
             String::from_utf8_lossy(&body)
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("/status is not JSON: {e}"))
+    serde_json::from_slice(&body).map_err(|e| format!("{path} is not JSON: {e}"))
 }

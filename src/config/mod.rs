@@ -18,6 +18,7 @@ mod callers;
 pub mod egress;
 mod resolve;
 pub mod translate;
+pub mod usage;
 mod validate;
 
 use std::net::SocketAddr;
@@ -97,6 +98,12 @@ pub struct Config {
     /// `workers`: serving threads, each with its own connections and upstream pool; 0
     /// (the default) means one per CPU. Read at start only.
     pub workers: usize,
+    /// `[usage]`: where usage records go and where the counters live.
+    pub usage: usage::UsageConfig,
+    /// `[prices."MODEL"]`: what tokens cost, for spend.
+    pub prices: usage::Prices,
+    /// `[[quotas]]`: who may spend how much, per window.
+    pub quotas: Vec<usage::Quota>,
 }
 
 /// The admin listener: never mixed with proxied routes.

@@ -31,6 +31,11 @@ pub struct Resolved {
     pub jwks_file: Option<PathBuf>,
     /// The egress proxy (config or environment), or why the environment's does not parse.
     pub egress: Result<Option<super::egress::Egress>, String>,
+    /// `[usage] log` with `~` expanded.
+    pub usage_log: Option<PathBuf>,
+    /// Where the embedded usage store keeps its state file: `[usage] state_dir`, else the
+    /// platform's state directory; `None` when neither is known (no `HOME`).
+    pub usage_state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -143,6 +148,16 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
             _ => None,
         });
     let egress = super::egress::resolve(config.egress_proxy.as_ref(), &config.no_proxy, env);
+    let home = env.home();
+    let usage_log = config
+        .usage
+        .log
+        .as_ref()
+        .map(|p| p.resolve(home.as_deref()));
+    let usage_state_dir = match &config.usage.state_dir {
+        Some(dir) => Some(dir.resolve(home.as_deref())),
+        None => crate::files::state_dir(env.get("XDG_STATE_HOME"), home.as_deref()),
+    };
     Resolved {
         config,
         credentials,
@@ -151,6 +166,8 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
         tls,
         jwks_file,
         egress,
+        usage_log,
+        usage_state_dir,
     }
 }
 

@@ -164,6 +164,9 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         .string(cx, "ca_file")
         .map(|p| ConfigPath::new(p.get_ref(), base_dir));
 
+    let usage = super::usage::read_usage(root, cx, base_dir);
+    let prices = super::usage::read_prices(root, cx);
+    let quotas = super::usage::read_quotas(root, cx);
     let (credentials, index) = credentials(root, cx, &origin);
     let listeners = routes(
         root,
@@ -196,6 +199,9 @@ fn read_config(root: &mut Table, cx: &mut Checker, origin: ConfigOrigin) -> Conf
         egress_proxy,
         no_proxy,
         workers,
+        usage,
+        prices,
+        quotas,
     }
 }
 

@@ -275,6 +275,46 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// A number (whole or with a fraction) within `allowed`: prices and spend in US dollars.
+    pub fn number(
+        &mut self,
+        cx: &mut Checker,
+        key: &'static str,
+        allowed: std::ops::RangeInclusive<f64>,
+    ) -> Option<Spanned<f64>> {
+        let value = self.value(key)?;
+        let number = match value.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            _ => None,
+        };
+        match number {
+            Some(n) if allowed.contains(&n) => Some(Spanned::new(value.span(), n)),
+            Some(n) => {
+                cx.report(
+                    value.span(),
+                    format!(
+                        "`{key}` = {n} is outside the allowed range {} to {}",
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                    format!(
+                        "write a number between {} and {}",
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                );
+                None
+            }
+            None => {
+                Self::wrong_type(cx, key, value, "a number");
+                None
+            }
+        }
+    }
+
     /// A list of strings; an element of another type is reported and skipped.
     pub fn strings(&mut self, cx: &mut Checker, key: &'static str) -> Option<Spanned<Vec<Text>>> {
         let value = self.value(key)?;

@@ -102,16 +102,12 @@ impl Store {
 
     /// credproxy's state folder: `$XDG_STATE_HOME/credproxy`, else `~/.local/state/credproxy`.
     pub fn state_dir() -> Result<PathBuf, String> {
-        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-            return Ok(PathBuf::from(dir).join("credproxy"));
-        }
-        std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .map(|home| PathBuf::from(home).join(".local/state/credproxy"))
-            .ok_or_else(|| {
-                "neither XDG_STATE_HOME nor HOME is set, so there is nowhere to keep the login"
-                    .to_string()
-            })
+        let xdg = std::env::var("XDG_STATE_HOME").ok();
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        crate::files::state_dir(xdg.as_deref(), home.as_deref()).ok_or_else(|| {
+            "neither XDG_STATE_HOME nor HOME is set, so there is nowhere to keep the login"
+                .to_string()
+        })
     }
 
     /// Where the tokens are, for people.

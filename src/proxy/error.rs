@@ -91,6 +91,17 @@ pub enum ProxyError {
         upstream: String,
         busy: crate::client::http2::Busy,
     },
+    #[error("quota `{}` is spent ({}); it frees in {}", .0.quota, .0.limit, humantime::format_duration(.0.frees_in))]
+    QuotaSpent(crate::usage::quota::Spent),
+    #[error(
+        "the usage store {store} cannot be reached and `on_store_error = \"deny\"`: requests are refused until it is back"
+    )]
+    UsageStoreDown { store: String },
+    #[error("the `{header}` header {problem}; write up to 128 letters, digits and `._:/@+=-`")]
+    BadTag {
+        header: http::HeaderName,
+        problem: &'static str,
+    },
     #[error("route `{route}`: {upstream} did not answer within {}", humantime::format_duration(*.waited))]
     UpstreamTimeout {
         route: String,
@@ -113,6 +124,8 @@ impl ProxyError {
             | ProxyError::BodyStalled { .. }
             | ProxyError::BadHost { .. }
             | ProxyError::Translate { .. }
+            | ProxyError::QuotaSpent(_)
+            | ProxyError::BadTag { .. }
             | ProxyError::BadPath { .. } => Side::Client,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
@@ -120,6 +133,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamBusy { .. }
+            | ProxyError::UsageStoreDown { .. }
             | ProxyError::Overloaded { .. } => Side::Upstream,
         }
     }
@@ -141,11 +155,13 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyUnreadable { .. }
             | ProxyError::BadHost { .. }
+            | ProxyError::BadTag { .. }
             | ProxyError::BadPath { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::QuotaSpent(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Overloaded { .. }
+            | ProxyError::UpstreamBusy { .. }
+            | ProxyError::UsageStoreDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
             | ProxyError::RouteDisabled { .. }
@@ -164,6 +180,7 @@ impl ProxyError {
             StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
             StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "timeout_error",
             StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             _ => "api_error",
         }
     }
@@ -201,6 +218,13 @@ impl ProxyError {
         headers.insert("x-credproxy-error", HeaderValue::from_static(side.as_str()));
         if overloaded {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ProxyError::QuotaSpent(spent) = &self {
+            let seconds = spent.frees_in.as_secs().max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            if let Ok(name) = HeaderValue::from_str(&spent.quota) {
+                headers.insert("x-credproxy-quota", name);
+            }
         }
         if final_answer {
             headers.insert("x-should-retry", HeaderValue::from_static("false"));

@@ -9,6 +9,9 @@
 //!    credential and upstream, a place among its requests in flight (503 when full).
 //! 3. [`body`]: the request body buffered up to `max_body` (413), since a signature needs
 //!    its hash and a replay its bytes.
+//!
+//!    3½. [`account`]: a model request's caller, groups, tag and model for usage, and its
+//!    `[[quotas]]` checked (429 naming the quota).
 //! 4. [`prepare`]: client credentials and hop-by-hop headers stripped; on a translating
 //!    route the request rewritten for the cloud ([`translate`]); the upstream URI.
 //! 5. [`forward`]: the send loop — a current credential value applied afresh to each
@@ -16,12 +19,14 @@
 //!    answer and replays once when the credential (or its signature) went bad.
 //! 6. [`deliver`]: the answer streamed back frame by frame ([`stream`], where observers
 //!    such as the access line tap it), or translated back to the Anthropic shape.
-//! 7. [`respond`]: errors as Anthropic-shaped answers ([`error`]), metrics, the access line.
+//! 7. [`respond`]: errors as Anthropic-shaped answers ([`error`]), metrics, the access line,
+//!    and the usage tap ([`usage_tap`]) that charges the answer when it ends.
 //!
 //! An [`Exchange`] carries a request from phase 4 to 6; phases 1-3 hand on what they
 //! found. A new phase is a file here and a line in `serve`; a new answer observer is an
 //! [`stream::Observer`] added where `deliver` builds the body.
 
+mod account;
 mod admit;
 pub mod body;
 mod deliver;
@@ -35,6 +40,7 @@ pub mod route;
 pub mod stream;
 mod target;
 pub mod translate;
+mod usage_tap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +59,7 @@ use crate::config::{Resolved, ResolvedRoute};
 use crate::credentials::Cached;
 use crate::schemes::Scheme;
 use crate::telemetry::{AccessLog, Metrics};
+use crate::usage::{Ledger, Ticket};
 pub use error::ProxyError;
 use guard::Guard;
 use prepare::Prepared;
@@ -86,6 +93,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Clients that present a route's `client_cert` (upstream mTLS), by certificate files.
     pub identity_clients: std::collections::HashMap<crate::config::TlsFiles, Clients>,
+    /// Usage and quotas: one ledger for the process, kept across reloads.
+    pub usage: Arc<Ledger>,
+    /// `[usage] tag_header`.
+    pub tag_header: http::HeaderName,
 }
 
 impl Shared {
@@ -96,10 +107,13 @@ impl Shared {
         client: Clients,
         callers: Option<Arc<Callers>>,
         metrics: Arc<Metrics>,
+        usage: Arc<Ledger>,
     ) -> Self {
         Shared {
             callers,
             metrics,
+            usage,
+            tag_header: resolved.config.usage.tag_header.clone(),
             identity_clients: Default::default(),
             client,
             injectors: resolved
@@ -165,15 +179,18 @@ impl Proxy {
         let version = request.version();
         let (head, body) = request.into_parts();
         let mut body = Some(body);
-        let outcome = self.serve(head, &mut body, &mut log).await;
-        self.respond(outcome, log, started, version, body)
+        let mut ticket = None;
+        let outcome = self.serve(head, &mut body, &mut ticket, &mut log).await;
+        self.respond(outcome, log, started, version, body, ticket)
     }
 
-    /// Phases 1 to 6; `body` is taken when it is read (a refusal leaves it).
+    /// Phases 1 to 6; `body` is taken when it is read (a refusal leaves it); `ticket` is
+    /// the usage of an admitted model request, for the respond phase to charge.
     async fn serve<'a>(
         &'a self,
-        head: http::request::Parts,
+        mut head: http::request::Parts,
         body: &mut Option<Incoming>,
+        ticket: &mut Option<Ticket>,
         log: &mut AccessLog<'a>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let caller = self.admit(&head, log).await?;
@@ -188,6 +205,7 @@ impl Proxy {
             self.shared.body_read_timeout,
         )
         .await?;
+        *ticket = self.account(&mut head, &body, caller.as_deref(), target.route)?;
         match self.prepare(head, body, target)? {
             Prepared::Answer(response) => Ok(response),
             Prepared::Send(exchange) => self.forward(exchange, log).await,

@@ -13,8 +13,9 @@ use http::{Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use super::{Proxy, ProxyError, ResponseBody, body};
+use super::{Proxy, ProxyError, ResponseBody, body, usage_tap};
 use crate::telemetry::AccessLog;
+use crate::usage::{Facts, Ticket};
 
 impl Proxy {
     pub(super) fn respond(
@@ -24,11 +25,13 @@ impl Proxy {
         started: Instant,
         version: Version,
         unread: Option<Incoming>,
+        ticket: Option<Ticket>,
     ) -> Response<ResponseBody> {
         let mut response = match outcome {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.side());
+                self.record_refusal(&error, &log);
                 let refused = matches!(error, ProxyError::CallerRefused(_));
                 let mut response = error.into_response();
                 if refused && self.bedrock_clients(log.path()) {
@@ -41,6 +44,9 @@ impl Proxy {
             && version == Version::HTTP_2
         {
             body::read_on_after_answer(unread);
+        }
+        if let Some(ticket) = ticket {
+            usage_tap::charge(&mut response, ticket, log.attempts > 1);
         }
         let status = response.status();
         self.shared.metrics.request(
@@ -60,6 +66,37 @@ impl Proxy {
             }
         }
         response
+    }
+}
+
+impl Proxy {
+    /// A model request refused before admission (a caller refused, a quota spent) gets a
+    /// usage record too, naming the route from the path.
+    fn record_refusal(&self, error: &ProxyError, log: &AccessLog<'_>) {
+        let quota = match error {
+            ProxyError::QuotaSpent(spent) => Some(spent.quota.clone()),
+            ProxyError::Caller(_) | ProxyError::CallerRefused(_) => None,
+            _ => return,
+        };
+        if *log.method() != http::Method::POST {
+            return;
+        }
+        let Some(route) = self.route_of(log.path()) else {
+            return;
+        };
+        let facts = Facts {
+            caller: log.caller.as_deref().unwrap_or("unknown").to_string(),
+            groups: Vec::new(),
+            tag: None,
+            route,
+            model: None,
+        };
+        self.shared.usage.refused(
+            &facts,
+            error.status().as_u16(),
+            quota,
+            std::time::SystemTime::now(),
+        );
     }
 }
 

@@ -79,6 +79,13 @@ impl Proxy {
         }
     }
 
+    /// The prefix of the route `path` falls under, if any.
+    pub(super) fn route_of(&self, path: &str) -> Option<String> {
+        self.routes
+            .find(path)
+            .map(|entry| entry.route.prefix.clone())
+    }
+
     /// Whether the route for `path` serves Claude Code in Bedrock mode.
     pub(super) fn bedrock_clients(&self, path: &str) -> bool {
         !self.bedrock_routes.is_empty()

@@ -121,6 +121,10 @@ impl<'a> AccessLog<'a> {
         self.uri.path()
     }
 
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
     /// Writes the line for an answer sent whole (`bytes` of body).
     pub fn finish(self, status: StatusCode, started: Instant, bytes: u64) {
         self.write(status, started, bytes, None);

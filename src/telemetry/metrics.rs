@@ -61,6 +61,25 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub route: String,
+    pub model: String,
+    /// `input`, `output`, `cache_creation` or `cache_read`.
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    pub route: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub quota: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CredentialLabels {
     credential: String,
 }
@@ -90,6 +109,14 @@ pub struct Metrics {
     pub caller_rejections: Family<ReasonLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub upstream_stream_wait: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Tokens in answers, by route, model (bounded by `usage`) and type.
+    pub tokens: Family<TokenLabels, Counter>,
+    pub spend: Family<SpendLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub quota_rejections: Family<QuotaLabels, Counter>,
+    /// Failed exchanges with the shared usage store (`[usage] store`).
+    pub usage_store_errors: Counter,
+    /// Usage records not written because the log writer fell behind.
+    pub usage_records_dropped: Counter,
     credentials: Arc<CredentialCells>,
 }
 
@@ -175,6 +202,36 @@ impl Metrics {
             Unit::Seconds,
             upstream_stream_wait.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens in model answers, by route, model and type (input, output, cache_creation, cache_read)",
+            tokens.clone(),
+        );
+        let spend = Family::<SpendLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "spend_usd",
+            "What model answers cost in US dollars at the configured [prices], by route and model",
+            spend.clone(),
+        );
+        let quota_rejections = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "quota_rejections",
+            "Requests refused with 429 because a [[quotas]] window was spent, by quota",
+            quota_rejections.clone(),
+        );
+        let usage_store_errors = Counter::default();
+        registry.register(
+            "usage_store_errors",
+            "Failed exchanges with the shared usage store ([usage] store)",
+            usage_store_errors.clone(),
+        );
+        let usage_records_dropped = Counter::default();
+        registry.register(
+            "usage_records_dropped",
+            "Usage records not written to [usage] log because the writer fell behind",
+            usage_records_dropped.clone(),
+        );
         let credentials = Arc::new(CredentialCells(ArcSwap::from_pointee(Vec::new())));
         registry.register_collector(Box::new(Arc::clone(&credentials)));
         Metrics {
@@ -189,6 +246,11 @@ impl Metrics {
             caller_rejections,
             reloads,
             upstream_stream_wait,
+            tokens,
+            spend,
+            quota_rejections,
+            usage_store_errors,
+            usage_records_dropped,
             credentials,
         }
     }

@@ -17,3 +17,4 @@ mod properties;
 mod proxy;
 mod support;
 mod translate;
+mod usage;

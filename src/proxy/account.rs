@@ -1,0 +1,82 @@
+//! Phase 3½, once the body is read: whose request this is for usage (caller, groups, the
+//! client's tag, route, model), and whether its quotas have room (429 naming the quota
+//! when not; nothing reaches the upstream). The tag header is removed here, so the
+//! upstream never sees it. Model requests are the `POST`s: a model list or a probe is
+//! neither counted nor limited.
+
+use bytes::Bytes;
+use http::Method;
+
+use super::{Proxy, ProxyError};
+use crate::callers::{Caller, Identity};
+use crate::config::ResolvedRoute;
+use crate::usage::{Facts, Refusal, Ticket};
+
+/// The longest tag kept (a benchmark run id, a project name).
+const TAG_MAX: usize = 128;
+
+impl Proxy {
+    pub(super) fn account(
+        &self,
+        head: &mut http::request::Parts,
+        body: &Bytes,
+        caller: Option<&Caller>,
+        route: &ResolvedRoute,
+    ) -> Result<Option<Ticket>, ProxyError> {
+        let tag = self.tag(head)?;
+        if head.method != Method::POST {
+            return Ok(None);
+        }
+        let facts = Facts {
+            caller: caller_name(caller),
+            groups: caller.map(|c| c.groups.clone()).unwrap_or_default(),
+            tag,
+            route: route.prefix.clone(),
+            model: crate::usage::model::of_request(head.uri.path(), body),
+        };
+        match self.shared.usage.admit(facts, body.len()) {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(Refusal::Spent(spent)) => Err(ProxyError::QuotaSpent(spent)),
+            Err(Refusal::StoreDown { store }) => Err(ProxyError::UsageStoreDown { store }),
+        }
+    }
+
+    /// The client's tag, checked, and taken off the request.
+    fn tag(&self, head: &mut http::request::Parts) -> Result<Option<String>, ProxyError> {
+        let header = &self.shared.tag_header;
+        let Some(value) = head.headers.remove(header) else {
+            return Ok(None);
+        };
+        let bad = |problem| ProxyError::BadTag {
+            header: header.clone(),
+            problem,
+        };
+        let text = value.to_str().map_err(|_| bad("is not plain text"))?.trim();
+        if text.is_empty() {
+            return Err(bad("is empty"));
+        }
+        if text.len() > TAG_MAX {
+            return Err(bad("is longer than 128 characters"));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._:/@+=-".contains(c);
+        if !text.chars().all(allowed) {
+            return Err(bad(
+                "holds a character other than letters, digits and `._:/@+=-`",
+            ));
+        }
+        Ok(Some(text.to_string()))
+    }
+}
+
+/// The caller as usage names it: a person's email (else subject), `token:NAME` for a
+/// static token, `local` when credproxy does not check callers.
+pub(super) fn caller_name(caller: Option<&Caller>) -> String {
+    match caller.map(|c| &c.identity) {
+        None => "local".to_string(),
+        Some(Identity::Person {
+            email: Some(email), ..
+        }) => email.clone(),
+        Some(Identity::Person { subject, .. }) => subject.clone(),
+        Some(Identity::Robot { name }) => format!("token:{name}"),
+    }
+}
