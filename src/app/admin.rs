@@ -253,6 +253,12 @@ fn status(generation: &super::Generation) -> Value {
         "credentials": credentials,
         "routes": routes,
         "upstreams": upstreams,
+        "usage": {
+            "store": shared.usage.backing().name(),
+            "store_reachable": shared.usage.store_reachable(),
+            "log": resolved.usage_log.as_ref().map(|p| p.display().to_string()),
+            "quotas": resolved.config.quotas.iter().map(|q| &q.name).collect::<Vec<_>>(),
+        },
     })
 }
 

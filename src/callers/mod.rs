@@ -59,6 +59,18 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller as usage records and quotas name it: a person's email (else subject),
+    /// `token:NAME` for a static token.
+    pub fn usage_name(&self) -> String {
+        match &self.identity {
+            Identity::Person {
+                email: Some(email), ..
+            } => email.clone(),
+            Identity::Person { subject, .. } => subject.clone(),
+            Identity::Robot { name } => format!("token:{name}"),
+        }
+    }
+
     pub fn new(identity: Identity, groups: Vec<String>, expires_at: Option<SystemTime>) -> Self {
         let label: Arc<str> = match &identity {
             Identity::Person {
@@ -101,7 +113,11 @@ pub enum CallerError {
     #[error("the caller token's signature does not verify")]
     BadSignature,
     #[error("the caller token has expired; get a new one from the identity provider")]
-    Expired,
+    Expired {
+        /// Whom the validly signed token names (email, else subject): usage records
+        /// attribute the refusal to them. Never shown in the answer.
+        subject: Option<String>,
+    },
     #[error("the caller token is not valid yet (`nbf` is in the future; check the clocks)")]
     NotYetValid,
     #[error("the caller token was issued in the future (`iat`; check the clocks)")]
@@ -127,7 +143,7 @@ impl CallerError {
             CallerError::AlgorithmRefused(_) => "algorithm",
             CallerError::UnknownKey { .. } => "unknown_key",
             CallerError::BadSignature => "signature",
-            CallerError::Expired => "expired",
+            CallerError::Expired { .. } => "expired",
             CallerError::NotYetValid | CallerError::IssuedInFuture => "not_yet_valid",
             CallerError::WrongIssuer { .. } => "issuer",
             CallerError::WrongAudience { .. } => "audience",
@@ -143,7 +159,9 @@ impl CallerError {
     pub fn fresh_token_helps(&self) -> bool {
         matches!(
             self,
-            CallerError::Expired | CallerError::KeysUnavailable(_) | CallerError::UnknownKey { .. }
+            CallerError::Expired { .. }
+                | CallerError::KeysUnavailable(_)
+                | CallerError::UnknownKey { .. }
         )
     }
 }

@@ -373,6 +373,70 @@ mod tests {
         prices
     }
 
+    /// Every problem of `text`'s `[usage]`, `[prices]` and `[[quotas]]`, as
+    /// (line, column, message, hint).
+    fn problems(text: &str) -> Vec<(usize, usize, String, String)> {
+        let mut cx = Checker::new(text);
+        let document = crate::fields::parse_document(text, &mut cx).expect("parses");
+        let mut root = Table::new(document.get_ref(), 0..0);
+        read_usage(&mut root, &mut cx, None);
+        read_prices(&mut root, &mut cx);
+        read_quotas(&mut root, &mut cx);
+        cx.into_problems()
+            .into_iter()
+            .map(|p| (p.line, p.column, p.message, p.hint.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn each_mistake_is_named_where_it_stands_with_what_to_write() {
+        let found = problems(
+            r#"[usage]
+store = "postgres://db"
+on_store_error = "maybe"
+tag_header = "host"
+
+[prices."claude-*-4"]
+input = -1
+
+[[quotas]]
+name = "eng daily"
+per = "team"
+spend_per_day = 50
+requests_per_hour = 10
+
+[[quotas]]
+groups = ["eng"]
+tokens_per_day = 1000
+
+[[quotas]]
+name = "idle"
+"#,
+        );
+        let at = |line: usize| {
+            found
+                .iter()
+                .find(|p| p.0 == line)
+                .unwrap_or_else(|| panic!("no problem on line {line}: {found:#?}"))
+        };
+        assert!(at(2).3.contains("redis://HOST:PORT/DB"), "{found:#?}");
+        assert_eq!(at(2).1, 9);
+        assert!(at(3).3.contains("\"allow\""), "{found:#?}");
+        assert!(at(4).2.contains("cannot be the tag header"), "{found:#?}");
+        assert!(at(6).3.contains("one `*` at the end"), "{found:#?}");
+        assert!(at(7).2.contains("outside the allowed range"), "{found:#?}");
+        assert!(at(10).3.contains("letters, digits"), "{found:#?}");
+        assert!(at(11).3.contains("\"caller\", \"group\""), "{found:#?}");
+        assert!(
+            at(13).2.contains("unknown field `requests_per_hour`"),
+            "{found:#?}"
+        );
+        assert!(at(13).2.contains("`requests_per_minute`"), "{found:#?}");
+        assert!(at(15).2.contains("has no `name`"), "{found:#?}");
+        assert!(at(20).2.contains("sets no limit"), "{found:#?}");
+        assert!(at(20).3.contains("spend_per_month"), "{found:#?}");
+    }
+
     #[test]
     fn an_exact_price_wins_over_a_pattern_and_the_longest_pattern_over_a_shorter() {
         let prices = prices(

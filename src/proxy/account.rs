@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::{Proxy, ProxyError};
-use crate::callers::{Caller, Identity};
+use crate::callers::Caller;
 use crate::config::ResolvedRoute;
 use crate::usage::{Facts, Refusal, Ticket};
 
@@ -28,7 +28,8 @@ impl Proxy {
             return Ok(None);
         }
         let facts = Facts {
-            caller: caller_name(caller),
+            // `local`: credproxy does not check callers.
+            caller: caller.map_or_else(|| "local".to_string(), Caller::usage_name),
             groups: caller.map(|c| c.groups.clone()).unwrap_or_default(),
             tag,
             route: route.prefix.clone(),
@@ -65,18 +66,5 @@ impl Proxy {
             ));
         }
         Ok(Some(text.to_string()))
-    }
-}
-
-/// The caller as usage names it: a person's email (else subject), `token:NAME` for a
-/// static token, `local` when credproxy does not check callers.
-pub(super) fn caller_name(caller: Option<&Caller>) -> String {
-    match caller.map(|c| &c.identity) {
-        None => "local".to_string(),
-        Some(Identity::Person {
-            email: Some(email), ..
-        }) => email.clone(),
-        Some(Identity::Person { subject, .. }) => subject.clone(),
-        Some(Identity::Robot { name }) => format!("token:{name}"),
     }
 }

@@ -14,6 +14,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use super::{Proxy, ProxyError, ResponseBody, body, usage_tap};
+use crate::callers::CallerError;
 use crate::telemetry::AccessLog;
 use crate::usage::{Facts, Ticket};
 
@@ -70,11 +71,12 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// A model request refused before admission (a caller refused, a quota spent) gets a
-    /// usage record too, naming the route from the path.
+    /// A model request whose caller is refused gets a usage record too, naming the route
+    /// from the path (a quota's refusal is recorded where it is decided, with the whole
+    /// request's facts).
     fn record_refusal(&self, error: &ProxyError, log: &AccessLog<'_>) {
-        let quota = match error {
-            ProxyError::QuotaSpent(spent) => Some(spent.quota.clone()),
+        let named = match error {
+            ProxyError::Caller(CallerError::Expired { subject }) => subject.clone(),
             ProxyError::Caller(_) | ProxyError::CallerRefused(_) => None,
             _ => return,
         };
@@ -85,7 +87,9 @@ impl Proxy {
             return;
         };
         let facts = Facts {
-            caller: log.caller.as_deref().unwrap_or("unknown").to_string(),
+            caller: named
+                .or_else(|| log.caller.as_deref().map(str::to_string))
+                .unwrap_or_else(|| "unknown".to_string()),
             groups: Vec::new(),
             tag: None,
             route,
@@ -94,7 +98,7 @@ impl Proxy {
         self.shared.usage.refused(
             &facts,
             error.status().as_u16(),
-            quota,
+            None,
             std::time::SystemTime::now(),
         );
     }

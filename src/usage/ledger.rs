@@ -220,6 +220,9 @@ impl Ledger {
                 Backing::Redis(store) => store.shown().to_string(),
                 _ => "the usage store".to_string(),
             };
+            drop(book);
+            self.refused(&ticket.facts, 503, None, arrived);
+            ticket.open = false;
             return Err(Refusal::StoreDown { store });
         }
         for charged in &ticket.charged {
@@ -230,21 +233,24 @@ impl Ledger {
             let carried = |measure: fn(&Totals) -> u64| {
                 measure(&used.minute) - measure(&local.in_window(Window::Minute, second))
             };
-            quota::check(
+            let checked = quota::check(
                 &rules.quotas[charged.quota],
                 &used,
                 second,
                 |limit, measure| local.minute_frees_in(second, carried(measure), limit, measure),
-            )
-            .map_err(|spent| {
+            );
+            if let Err(spent) = checked {
+                drop(book);
                 self.metrics
                     .quota_rejections
                     .get_or_create(&QuotaLabels {
                         quota: spent.quota.clone(),
                     })
                     .inc();
-                Refusal::Spent(spent)
-            })?;
+                self.refused(&ticket.facts, 429, Some(spent.quota.clone()), arrived);
+                ticket.open = false;
+                return Err(Refusal::Spent(spent));
+            }
         }
         let first = book.entries.get(&ticket.charged[0].scope);
         let fallback = (body_len / 4 + 1024) as f64;
@@ -283,7 +289,7 @@ impl Ledger {
         )
     }
 
-    /// A request refused before it was admitted (401, 403, 429, ...): its record only.
+    /// A request refused before it was admitted (401, 403, 429, 503): its record only.
     pub fn refused(&self, facts: &Facts, status: u16, quota: Option<String>, arrived: SystemTime) {
         let rules = self.rules.load();
         if let Some(log) = &rules.log {

@@ -718,3 +718,62 @@ groups = ["eng"]
     );
     assert_eq!(upstream.count(), 0);
 }
+
+#[tokio::test]
+async fn usage_names_each_caller_and_group_and_a_group_quota_spans_its_members() {
+    let ca = TestCa::new();
+    let rsa = SigningKey::rsa("rsa-1", Algorithm::RS256);
+    let idp = FakeIdp::start(&ca, &[&rsa]).await;
+    let upstream = FakeUpstream::start(|_| {
+        Reply::status(
+            200,
+            r#"{"type":"message","usage":{"input_tokens":5,"output_tokens":2}}"#,
+        )
+    })
+    .await;
+    let scratch = Scratch::new();
+    let ca_file = scratch.write("ca.pem", &ca.pem);
+    let config = format!(
+        "{}\n[usage]\nlog = \"usage.jsonl\"\n\n[[quotas]]\nname = \"eng-rpm\"\ngroups = [\"eng\"]\nper = \"group\"\nrequests_per_minute = 3\n",
+        gateway_config(&idp, &upstream.url(), ca_file.to_str().unwrap())
+    );
+    let proxy = credproxy(&scratch, &config).start();
+    let url = proxy.url("/v1/messages");
+    let alice = rsa.sign(&claims(&idp, "alice", "alice@example.com", &["eng"]));
+    assert_eq!(bearer(&url, &alice).await.status, 200);
+    assert_eq!(bearer(&url, &alice).await.status, 200);
+    // The robot is in `eng` too: the group's third request, then the window is full for
+    // every member.
+    assert_eq!(call(&url, ("x-api-key", ROBOT_TOKEN)).await.status, 200);
+    let spent = bearer(&url, &alice).await;
+    assert_eq!(spent.status, 429, "{}", spent.text());
+    assert_eq!(spent.headers["x-credproxy-quota"], "eng-rpm");
+    // A validly signed but expired token is refused, and its record names whose it was.
+    let mut old = claims(&idp, "bob", "bob@example.com", &["eng"]);
+    old["exp"] = json!(now() - 600);
+    old["iat"] = json!(now() - 1200);
+    refused(&bearer(&url, &rsa.sign(&old)).await, "expired");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let records: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(scratch.path("usage.jsonl")).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.len() >= 5 || std::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(records.len(), 5, "{records:?}");
+    assert_eq!(records[0]["caller"], "alice@example.com");
+    assert_eq!(records[0]["groups"], json!(["eng"]));
+    assert_eq!(records[0]["input_tokens"], 5);
+    assert_eq!(records[2]["caller"], "token:ci");
+    assert_eq!(records[3]["status"], 429);
+    assert_eq!(records[3]["quota"], "eng-rpm");
+    assert_eq!(records[3]["caller"], "alice@example.com");
+    assert_eq!(records[4]["status"], 401);
+    assert_eq!(records[4]["caller"], "bob@example.com");
+    assert_eq!(records[4]["route"], "/");
+}

@@ -550,3 +550,140 @@ async fn two_instances_share_a_budget_through_redis_and_survive_its_restart() {
     let after = admin_json(&c, "/usage").await;
     assert_eq!(after["total"]["requests"], 2, "{after}");
 }
+
+#[tokio::test]
+async fn bedrock_answers_are_counted_native_and_translated_streamed_and_not() {
+    use credproxy::proxy::translate::eventstream;
+    let events = [
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":{"input_tokens":9,"output_tokens":1}}}"#.to_string(),
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":2}}"#.to_string(),
+        r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":9,"outputTokenCount":2,"invocationLatency":410,"firstByteLatency":200,"cacheReadInputTokenCount":3,"cacheWriteInputTokenCount":4}}"#.to_string(),
+    ];
+    let frames: Vec<Bytes> = events
+        .iter()
+        .map(|e| Bytes::from(eventstream::encode_chunk(e)))
+        .collect();
+    let upstream = FakeUpstream::start(move |request| {
+        if request.path_and_query.ends_with("/invoke-with-response-stream") {
+            Reply::Stream {
+                headers: vec![("content-type", "application/vnd.amazon.eventstream".into())],
+                chunks: frames.clone(),
+                gate: None,
+            }
+        } else {
+            Reply::Full {
+                status: 200,
+                headers: vec![
+                    ("content-type", "application/json".into()),
+                    ("x-amzn-requestid", "bedrock-req-1".into()),
+                    ("x-amzn-bedrock-input-token-count", "11".into()),
+                    ("x-amzn-bedrock-output-token-count", "3".into()),
+                ],
+                body: Bytes::from(
+                    r#"{"id":"msg_2","type":"message","role":"assistant","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":11,"output_tokens":3}}"#,
+                ),
+            }
+        }
+    })
+    .await;
+    let scratch = Scratch::new();
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+[usage]
+log = "usage.jsonl"
+
+[credentials.aws]
+kind = "aws"
+region = "us-east-1"
+
+[[routes]]
+prefix = "/anthropic-on-bedrock"
+upstream = "{upstream}"
+credential = "aws"
+translate = "bedrock"
+models = {{ "claude-sonnet-4-5" = "us.anthropic.claude-sonnet-4-5-20250929-v1:0" }}
+
+[[routes]]
+prefix = "/bedrock"
+upstream = "{upstream}"
+credential = "aws"
+"#,
+        upstream = upstream.url()
+    );
+    let proxy = credproxy(&scratch, &config)
+        .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        )
+        .start();
+    let anthropic_request = |stream: bool| {
+        serde_json::json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 10, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]
+        })
+    };
+    let base = proxy.url("/anthropic-on-bedrock/v1/messages");
+    let streamed = send(json_post(&base, &anthropic_request(true))).await;
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    assert!(
+        streamed.text().contains("event: message_stop"),
+        "{}",
+        streamed.text()
+    );
+    let whole = send(json_post(&base, &anthropic_request(false))).await;
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    let native = proxy.url("/bedrock/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke");
+    let body = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[]}"#;
+    assert_eq!(post(&native, body).await.status, 200);
+    let records = records(&scratch, 3).await;
+    let streamed = &records[0];
+    assert_eq!(streamed["model"], "claude-sonnet-4-5", "{streamed}");
+    assert_eq!(streamed["input_tokens"], 9, "{streamed}");
+    assert_eq!(streamed["output_tokens"], 2, "{streamed}");
+    assert_eq!(streamed["cache_read_input_tokens"], 3, "{streamed}");
+    assert_eq!(streamed["cache_creation_input_tokens"], 4, "{streamed}");
+    let translated = &records[1];
+    assert_eq!(translated["input_tokens"], 11, "{translated}");
+    assert_eq!(translated["output_tokens"], 3, "{translated}");
+    let native = &records[2];
+    assert_eq!(native["route"], "/bedrock");
+    assert_eq!(
+        native["model"], "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "{native}"
+    );
+    assert_eq!(native["input_tokens"], 11, "{native}");
+    assert_eq!(native["upstream_request_id"], "bedrock-req-1", "{native}");
+}
+
+/// A JSON `POST` of `body` to `url`.
+fn json_post(url: &str, body: &Value) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn deny_answers_503_naming_the_store_while_it_cannot_be_reached() {
+    let upstream = anthropic().await;
+    let scratch = Scratch::new();
+    let nobody = Scratch::free_port();
+    let extra = format!(
+        "[usage]\nstore = \"redis://127.0.0.1:{nobody}/0\"\non_store_error = \"deny\"\n\n[[quotas]]\nname = \"any\"\nrequests_per_minute = 100\n"
+    );
+    let proxy = credproxy(&scratch, &usage_config(&upstream.url(), &extra)).start();
+    proxy.wait_for_output("cannot be reached").await;
+    let answer = post_model(&proxy.url("/v1/json"), &[]).await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    let (kind, message) = answer.error();
+    assert_eq!(kind, "overloaded_error");
+    assert!(
+        message.contains(&format!("redis://127.0.0.1:{nobody}/0")) && message.contains("deny"),
+        "{message}"
+    );
+    assert_eq!(upstream.count(), 0);
+    let status = admin_json(&proxy, "/status").await;
+    assert_eq!(status["usage"]["store"], "redis", "{status}");
+    assert_eq!(status["usage"]["store_reachable"], false, "{status}");
+}
