@@ -687,3 +687,90 @@ async fn deny_answers_503_naming_the_store_while_it_cannot_be_reached() {
     assert_eq!(status["usage"]["store"], "redis", "{status}");
     assert_eq!(status["usage"]["store_reachable"], false, "{status}");
 }
+
+fn brotli(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+    writer.write_all(text.as_bytes()).unwrap();
+    drop(writer);
+    out
+}
+
+fn deflate(text: &str) -> Vec<u8> {
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(text.as_bytes()).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn openai_converse_and_compressed_shapes_are_counted_through_the_proxy() {
+    use credproxy::eventstream::encode_frame;
+    let converse_stream: Vec<u8> = [
+        encode_frame(
+            &[(":message-type", "event"), (":event-type", "messageStart"), (":content-type", "application/json")],
+            br#"{"role":"assistant"}"#.to_vec(),
+        ),
+        encode_frame(
+            &[(":message-type", "event"), (":event-type", "metadata"), (":content-type", "application/json")],
+            br#"{"usage":{"inputTokens":21,"outputTokens":8,"totalTokens":29,"cacheReadInputTokens":2,"cacheWriteInputTokens":1},"metrics":{"latencyMs":120}}"#.to_vec(),
+        ),
+    ]
+    .concat();
+    let sse = format!("{}{}", sse_start(), sse_rest());
+    let upstream = FakeUpstream::start(move |request| {
+        let path = request.path_and_query.as_str();
+        let body = |ct: &str, encoding: Option<&str>, bytes: Vec<u8>| {
+            let mut headers = vec![("content-type", ct.to_string())];
+            if let Some(e) = encoding {
+                headers.push(("content-encoding", e.to_string()));
+            }
+            Reply::Full { status: 200, headers, body: Bytes::from(bytes) }
+        };
+        if path.contains("/openai/") {
+            body("application/json", None, br#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":40,"completion_tokens":6,"total_tokens":46,"prompt_tokens_details":{"cached_tokens":10}}}"#.to_vec())
+        } else if path.ends_with("/converse") {
+            body("application/json", None, br#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":12,"outputTokens":4,"totalTokens":16}}"#.to_vec())
+        } else if path.ends_with("/converse-stream") {
+            body("application/vnd.amazon.eventstream", None, converse_stream.clone())
+        } else if path.ends_with("/br") {
+            body("text/event-stream", Some("br"), brotli(&sse))
+        } else {
+            body("application/json", Some("deflate"), deflate(&message_json()))
+        }
+    })
+    .await;
+    let scratch = Scratch::new();
+    let proxy = credproxy(
+        &scratch,
+        &usage_config(&upstream.url(), "[usage]\nlog = \"usage.jsonl\"\n"),
+    )
+    .start();
+    let paths = [
+        "/openai/deployments/gpt-4o/chat/completions",
+        "/model/amazon.nova-pro-v1:0/converse",
+        "/model/amazon.nova-pro-v1:0/converse-stream",
+        "/v1/messages/br",
+        "/v1/messages/deflate",
+    ];
+    for path in paths {
+        let answer = post(&proxy.url(path), "{}").await;
+        assert_eq!(answer.status, 200, "{path}");
+    }
+    let records = records(&scratch, paths.len()).await;
+    let tokens = |r: &Value| {
+        [
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ]
+        .map(|k| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}")))
+    };
+    assert_eq!(records[0]["model"], "gpt-4o");
+    assert_eq!(tokens(&records[0]), [30, 6, 0, 10], "OpenAI: {}", records[0]);
+    assert_eq!(records[1]["model"], "amazon.nova-pro-v1:0");
+    assert_eq!(tokens(&records[1]), [12, 4, 0, 0], "Converse: {}", records[1]);
+    assert_eq!(tokens(&records[2]), [21, 8, 1, 2], "ConverseStream: {}", records[2]);
+    assert_eq!(tokens(&records[3]), [100, 42, 0, 0], "brotli SSE: {}", records[3]);
+    assert_eq!(tokens(&records[4]), [100, 10, 20, 50], "deflate JSON: {}", records[4]);
+}
