@@ -154,6 +154,9 @@ mod tests {
             identity: None,
             translate: None,
             http2: Default::default(),
+            // Only the prefix and upstream are read here.
+            targets: Vec::new(),
+            failover: crate::config::Failover::defaults(1),
         }
     }
 
