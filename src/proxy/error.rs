@@ -97,6 +97,15 @@ pub enum ProxyError {
         upstream: String,
         waited: Duration,
     },
+    /// A route with several targets found none that could take the request.
+    #[error("route `{route}` has no target that can take the request now: {states}")]
+    TargetsUnavailable {
+        route: String,
+        /// Each target's state: healthy, cooling for how long, last error.
+        states: String,
+        /// The shortest wait until a target may be tried again, when all are cooling.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ProxyError {
@@ -120,6 +129,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamBusy { .. }
+            | ProxyError::TargetsUnavailable { .. }
             | ProxyError::Overloaded { .. } => Side::Upstream,
         }
     }
@@ -143,9 +153,9 @@ impl ProxyError {
             | ProxyError::BadHost { .. }
             | ProxyError::BadPath { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Overloaded { .. }
+            | ProxyError::UpstreamBusy { .. }
+            | ProxyError::TargetsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
             | ProxyError::RouteDisabled { .. }
@@ -178,10 +188,13 @@ impl ProxyError {
         });
         let status = self.status();
         let side = self.side();
-        let overloaded = matches!(
-            self,
-            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. }
-        );
+        let retry_after = match &self {
+            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. } => Some(1),
+            ProxyError::TargetsUnavailable { retry_after, .. } => {
+                Some(retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64))
+            }
+            _ => None,
+        };
         // A caller refused for anything but an aged token gets the same answer on a retry;
         // `x-should-retry: false` stops the Anthropic SDKs' (and Claude Code's) retry loop.
         let final_answer = match &self {
@@ -199,8 +212,8 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert("x-credproxy-error", HeaderValue::from_static(side.as_str()));
-        if overloaded {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if final_answer {
             headers.insert("x-should-retry", HeaderValue::from_static("false"));

@@ -46,6 +46,23 @@ pub struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub route: String,
+    /// The target's `name`, else its index in `targets`.
+    pub target: String,
+    /// `served`, or why it did not serve (`429`, `connect`, `error_event`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub route: String,
+    pub from: String,
+    pub to: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -90,6 +107,9 @@ pub struct Metrics {
     pub caller_rejections: Family<ReasonLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
     pub upstream_stream_wait: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Requests sent to each target of a route with several targets, by outcome.
+    pub target_requests: Family<TargetLabels, Counter>,
+    pub failovers: Family<FailoverLabels, Counter>,
     credentials: Arc<CredentialCells>,
 }
 
@@ -175,6 +195,18 @@ impl Metrics {
             Unit::Seconds,
             upstream_stream_wait.clone(),
         );
+        let target_requests = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "target_requests",
+            "Requests sent to each target of a route with several targets, by outcome (`served`, or why the target did not serve)",
+            target_requests.clone(),
+        );
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Requests passed from one target of a route to the next, by why",
+            failovers.clone(),
+        );
         let credentials = Arc::new(CredentialCells(ArcSwap::from_pointee(Vec::new())));
         registry.register_collector(Box::new(Arc::clone(&credentials)));
         Metrics {
@@ -189,6 +221,8 @@ impl Metrics {
             caller_rejections,
             reloads,
             upstream_stream_wait,
+            target_requests,
+            failovers,
             credentials,
         }
     }
