@@ -1,7 +1,8 @@
 //! Phase 5: the send loop. Each attempt takes a current value from the credential's cache,
 //! applies the scheme to a fresh copy of the request (so a replay is signed anew) and
 //! sends it on this worker's upstream client; [`super::retry`] decides whether the first
-//! answer is replayed; the answer goes on to [`super::deliver`].
+//! answer is replayed; the answer goes on to [`super::deliver`]. On a route with several
+//! targets, [`super::failover`] runs this loop once per target it tries.
 
 use std::time::Instant;
 

@@ -3,6 +3,11 @@
 //! judges the first answer (reading a small error body when it must), and the verdict
 //! decides whether the answer goes to the client or is dropped unseen for one replay, and
 //! what is renewed first — the cached value, or only the signature.
+//!
+//! On a route with several targets it also decides, for [`super::failover`] to carry out,
+//! which answers and errors are the target's failure rather than the request's
+//! ([`Failure`]), how long a failed target is left alone ([`cooldown`]), and whether a
+//! stream's first event says it failed ([`Framing`]).
 
 use std::time::Duration;
 

@@ -230,6 +230,17 @@ fn gateway_example_is_valid() {
 }
 
 #[test]
+fn failover_example_is_valid() {
+    let text = include_str!("../../../examples/failover.toml");
+    let config = Config::parse(text, ConfigOrigin::File(PathBuf::from("failover.toml")))
+        .unwrap_or_else(|e| panic!("examples/failover.toml is invalid:\n{e}"));
+    let routes = &config.listeners[0].routes;
+    assert_eq!(routes[0].targets.len(), 3);
+    assert_eq!(routes[1].failover.strategy, crate::config::Strategy::Spread);
+    assert_eq!(routes[1].targets[2].weight, 2);
+}
+
+#[test]
 fn minimal_config_gets_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.max_body, 32 * 1024 * 1024);
