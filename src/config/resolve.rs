@@ -124,11 +124,12 @@ impl ResolvedTarget {
         }
     }
 
-    /// Whether `other` sends requests the same way (same upstream, credential and
-    /// translation): a reload keeps such a target's health.
+    /// Whether `other` sends requests to the same place the same way (upstream,
+    /// translation, client certificate, HTTP version); with the same credential (which
+    /// the caller compares, as indexes differ between generations) a reload keeps such a
+    /// target's health.
     pub fn same_as(&self, other: &ResolvedTarget) -> bool {
         self.upstream == other.upstream
-            && self.credential == other.credential
             && self.translate == other.translate
             && self.identity == other.identity
             && self.http2 == other.http2

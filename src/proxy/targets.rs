@@ -27,8 +27,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// One [`RouteHealth`] per route with several targets of `resolved`; a target that is
-    /// the same as one of `previous`'s on the same listener and prefix keeps its health.
+    /// One [`RouteHealth`] per route with several targets of `resolved`. A target that is
+    /// the same as one of `previous`'s on the same listener and prefix, with the same
+    /// credential, keeps its health; call this after the unchanged credentials were handed
+    /// their previous cache cells (which is how "the same credential" is told).
     pub fn inheriting(resolved: &Resolved, previous: Option<(&Registry, &Resolved)>) -> Self {
         let mut routes = Vec::new();
         for (listener, route) in resolved.routes() {
@@ -37,27 +39,23 @@ impl Registry {
             }
             let before = previous.and_then(|(registry, old)| {
                 let health = registry.find(listener.addr, &route.prefix)?;
-                let old_route = old
+                let (_, old_route) = old
                     .routes()
-                    .find(|(l, r)| l.addr == listener.addr && r.prefix == route.prefix)?
-                    .1;
-                Some((health, old_route, old))
+                    .find(|(l, r)| l.addr == listener.addr && r.prefix == route.prefix)?;
+                Some(Before {
+                    health,
+                    route: old_route,
+                    resolved: old,
+                })
             });
             let targets = route
                 .targets
                 .iter()
                 .map(|target| {
+                    let cell = &resolved.credentials[target.credential].cached;
                     before
-                        .and_then(|(health, old_route, old)| {
-                            let name = &resolved.credentials[target.credential].name;
-                            old_route
-                                .targets
-                                .iter()
-                                .position(|t| {
-                                    t.same_as(target) && &old.credentials[t.credential].name == name
-                                })
-                                .map(|i| Arc::clone(&health.targets[i]))
-                        })
+                        .as_ref()
+                        .and_then(|b| b.health_of(target, cell))
                         .unwrap_or_default()
                 })
                 .collect();
@@ -76,6 +74,28 @@ impl Registry {
             .iter()
             .find(|(l, p, _)| *l == listener && p == prefix)
             .map(|(_, _, health)| health)
+    }
+}
+
+/// The same route in the generation a reload replaces.
+struct Before<'a> {
+    health: &'a RouteHealth,
+    route: &'a ResolvedRoute,
+    resolved: &'a Resolved,
+}
+
+impl Before<'_> {
+    /// The health of the previous target that is `target` with the credential `cell`.
+    fn health_of(
+        &self,
+        target: &ResolvedTarget,
+        cell: &Arc<crate::credentials::Cached>,
+    ) -> Option<Arc<TargetHealth>> {
+        let credentials = &self.resolved.credentials;
+        let i = self.route.targets.iter().position(|old| {
+            old.same_as(target) && Arc::ptr_eq(&credentials[old.credential].cached, cell)
+        })?;
+        Some(Arc::clone(&self.health.targets[i]))
     }
 }
 

@@ -630,10 +630,12 @@ async fn a_reload_keeps_the_health_of_targets_that_did_not_change() {
     let proxy = credproxy(&scratch, &config).start();
     let url = proxy.url("/v1/messages");
     assert_eq!(target_of(&post(&url, "{}").await), "1");
-    // The same targets with another strategy: the cooling target stays cooled down.
+    // The same targets with another cap, and a credential added that comes first (so
+    // every credential's index moves): the cooling target stays cooled down.
     scratch.write(
         "credproxy.toml",
         &(KEYS.to_string()
+            + "[credentials.Added]\nkind = \"api_key\"\nvalue = \"z\"\n"
             + &route(
                 "/",
                 &[(&limited.url(), "a"), (&backup.url(), "b")],
