@@ -98,7 +98,7 @@ pub enum ProxyError {
         waited: Duration,
     },
     /// A route with several targets found none that could take the request.
-    #[error("route `{route}` has no target that can take the request now: {states}")]
+    #[error("route `{route}` found no target to serve the request: {states}")]
     TargetsUnavailable {
         route: String,
         /// Each target's state: healthy, cooling for how long, last error.
@@ -191,7 +191,7 @@ impl ProxyError {
         let retry_after = match &self {
             ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. } => Some(1),
             ProxyError::TargetsUnavailable { retry_after, .. } => {
-                Some(retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64))
+                Some(retry_after.map_or(1, retry_after_seconds))
             }
             _ => None,
         };
@@ -226,4 +226,9 @@ impl ProxyError {
         }
         response
     }
+}
+
+/// A wait as `retry-after` gives it: whole seconds, rounded up, at least 1.
+pub(super) fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }

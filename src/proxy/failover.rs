@@ -113,7 +113,7 @@ impl Proxy {
                     let (_, retry_after) = health.describe(route, Instant::now());
                     let mut response = self.deliver(exchange, answer).await?;
                     if let Some(wait) = retry_after {
-                        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+                        let seconds = super::error::retry_after_seconds(wait);
                         response
                             .headers_mut()
                             .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));

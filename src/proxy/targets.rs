@@ -281,7 +281,7 @@ impl RouteHealth {
                     }
                     _ => {
                         all_cooling = false;
-                        format!("target {} healthy, failed this request{why}", target.name)
+                        format!("target {} healthy{why}", target.name)
                     }
                 }
             })
