@@ -728,3 +728,71 @@ strategy = "round-robin"
         assert!(stderr.contains(&expected), "{expected}\n{stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_bedrock_stream_whose_first_message_is_an_exception_fails_over_to_the_anthropic_api() {
+    let exception = Bytes::from(eventstream::encode_frame(
+        &[
+            (":exception-type", "throttlingException"),
+            (":content-type", "application/json"),
+            (":message-type", "exception"),
+        ],
+        br#"{"message":"Too many requests, please wait before trying again."}"#.to_vec(),
+    ));
+    let bedrock = FakeUpstream::start(move |_| Reply::Stream {
+        headers: vec![("content-type", "application/vnd.amazon.eventstream".into())],
+        chunks: vec![exception.clone()],
+        gate: None,
+    })
+    .await;
+    let events = sse(EVENTS);
+    let anthropic = FakeUpstream::start(move |_| Reply::Stream {
+        headers: vec![("content-type", "text/event-stream".into())],
+        chunks: vec![Bytes::from(events.clone())],
+        gate: None,
+    })
+    .await;
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[credentials.anthropic]
+kind = "api_key"
+value = "sk-ant"
+[credentials.aws]
+kind = "aws"
+region = "us-east-1"
+
+[[routes]]
+prefix = "/"
+targets = [
+  {{ upstream = "{}", credential = "aws", translate = "bedrock" }},
+  {{ upstream = "{}", credential = "anthropic" }},
+]
+"#,
+        bedrock.url(),
+        anthropic.url()
+    );
+    let scratch = Scratch::new();
+    let proxy = credproxy(&scratch, &config)
+        .env("AWS_ACCESS_KEY_ID", AKID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .start();
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": "Hi"}]});
+    let answer = post(&proxy.url("/v1/messages"), &body.to_string()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(target_of(&answer), "1");
+    assert_eq!(
+        answer.text(),
+        sse(EVENTS),
+        "nothing of the exception reached the client"
+    );
+    assert_eq!(bedrock.requests().len(), 1);
+    let status = get(&proxy.admin_url("/status").await).await.json();
+    let first = &status["routes"][0]["targets"][0];
+    assert_eq!(first["state"], "cooling", "{status}");
+    assert_eq!(
+        first["last_error"]["message"],
+        "an `error` event first in its stream"
+    );
+}
