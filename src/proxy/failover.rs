@@ -44,6 +44,9 @@ enum Tried {
 }
 
 impl Proxy {
+    /// Phases 4-6 for a route with several targets, once per target tried, from the
+    /// request as the client sent it (`head`, `body`); called after phase 3 in place of
+    /// `prepare` + `forward`.
     pub(super) async fn fail_over<'a>(
         &'a self,
         head: http::request::Parts,

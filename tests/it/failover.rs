@@ -221,7 +221,7 @@ async fn retry_after_cools_a_target_down_then_one_trial_request_goes_there() {
             }
         } else {
             Reply::After {
-                delay: Duration::from_millis(600),
+                delay: Duration::from_millis(1500),
                 reply: Box::new(Reply::status(200, MESSAGE)),
             }
         }
@@ -248,7 +248,7 @@ async fn retry_after_cools_a_target_down_then_one_trial_request_goes_there() {
     // The cool-down is over: one request is the trial; while it runs, others go on to the
     // backup rather than pile onto the target that was limited.
     let trial = tokio::spawn(post_owned(url.clone()));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let during = post(&url, "{}").await;
     assert_eq!(target_of(&during), "1", "only one trial at a time");
     let trial = trial.await.unwrap();
