@@ -159,6 +159,7 @@ fn start_listener(
         .filter(|l| l.addr == addr)
         .flat_map(|l| &l.routes)
         .map(|r| match &r.upstream {
+            _ if r.targets.len() > 1 => format!("{} -> {} targets", r.prefix, r.targets.len()),
             Ok(upstream) => format!("{} -> {upstream}", r.prefix),
             Err(_) => format!("{} (disabled)", r.prefix),
         })
@@ -381,7 +382,8 @@ fn warm_up(generation: &Generation, fetch: impl Fn(&crate::config::ResolvedCrede
         }
         let routes: Vec<String> = resolved
             .routes()
-            .filter(|(_, r)| r.credential == index && r.disabled().is_none())
+            .filter(|(_, r)| r.disabled().is_none())
+            .filter(|(_, r)| r.targets.iter().any(|t| t.credential == index))
             .map(|(l, r)| resolved.base_url(l.addr, &r.prefix))
             .collect();
         tokio::spawn(async move {
