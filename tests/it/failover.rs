@@ -796,3 +796,31 @@ targets = [
         "an `error` event first in its stream"
     );
 }
+
+#[tokio::test]
+async fn a_target_speaks_http2_when_it_says_so_while_the_route_speaks_http1() {
+    // An h2c upstream (prior knowledge): reachable only by a target with
+    // `upstream_http2 = "always"`; the route's own setting is HTTP/1.1 only.
+    let h2 = h2_upstream::H2Upstream::start(
+        h2_upstream::Plan {
+            max_streams: 8,
+            hold: Duration::from_millis(10),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let overloaded = answering(503, vec![]).await;
+    let config = format!(
+        "{KEYS}\n[[routes]]\nprefix = \"/\"\nupstream_http2 = \"never\"\ntargets = [{{ upstream = \"{}\", credential = \"a\" }}, {{ upstream = \"{}\", credential = \"b\", upstream_http2 = \"always\" }}]\n",
+        overloaded.url(),
+        h2.url()
+    );
+    let scratch = Scratch::new();
+    let proxy = credproxy(&scratch, &config).start();
+    let answer = post(&proxy.url("/v1/messages"), r#"{"stream":true}"#).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(target_of(&answer), "1");
+    assert_eq!(h2.count(|c| &c.streams_answered), 1);
+    assert_eq!(overloaded.requests()[0].version, http::Version::HTTP_11);
+}
