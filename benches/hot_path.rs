@@ -37,6 +37,9 @@ fn route(prefix: &str, host: &str) -> Route {
         identity: None,
         translate: None,
         http2: Default::default(),
+        // Only the prefix and upstream are read here.
+        targets: Vec::new(),
+        failover: credproxy::config::Failover::defaults(1),
     }
 }
 

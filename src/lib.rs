@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! listen ─► admit ─► target ─► body ─► prepare ─► forward ─► retry? ─► deliver ─► respond
-//!                                                    ▲          │
-//!                                                    └──────────┘ the credential (or its
-//!                                                     signature) went bad: renew, replay once
+//!                                         ▲          ▲          │
+//!                                         │          └──────────┘ the credential (or its
+//!                                         │           signature) went bad: renew, replay once
+//!                                         └──── next target ◄───┘ several targets, the answer
+//!                                                 a failure, nothing sent yet: fail over
 //! ```
 //!
 //! One phase per file in `proxy/` (docs/architecture.md has the map).
@@ -46,7 +48,7 @@
 //!   by every credproxy process of the user.
 //! - [`proxy`]: the per-request pipeline, a file per phase — admit (guard, callers),
 //!   target (route, groups, slot), body, prepare (strip, translate), forward with its
-//!   retry policy, deliver (stream back, translate back; the observers' tap), respond
+//!   retry policy, failover across a route's targets (their health in `targets`), deliver (stream back, translate back; the observers' tap), respond
 //!   (errors in the Anthropic shape, metrics, access line).
 //! - [`server`]: binds listeners, accepts HTTP/1.1 and h2 (TLS with certificate reload, or
 //!   cleartext), shuts down gracefully.

@@ -2,7 +2,8 @@
 //! mixed with proxied routes:
 //!
 //! - `GET /healthz`: 200 while the process serves.
-//! - `GET /readyz`: 200 once every credential an enabled route uses holds a value and, with
+//! - `GET /readyz`: 200 once every enabled route has a credential that holds a value (a
+//!   route with several targets: one of its targets' credentials) and, with
 //!   JWT callers, the identity provider's key set is held (else no caller with a JWT can be
 //!   admitted); else 503 naming what is missing, and why (credproxy keeps fetching those
 //!   in the background, so readiness returns by itself when the source recovers).
@@ -30,8 +31,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::Current;
-use crate::config::AdminListen;
+use crate::config::{AdminListen, Resolved, ResolvedRoute, Unready};
 use crate::proxy::guard::Guard;
+use crate::proxy::targets::RouteHealth;
 use crate::telemetry::Metrics;
 use crate::usage::window::Window;
 
@@ -143,8 +145,9 @@ fn clone_head(request: &Request<Incoming>) -> (http::request::Parts, ()) {
     copy.into_parts()
 }
 
-/// Credentials an enabled route uses that hold no value yet, and the callers' key set
-/// while it is missing: name and why.
+/// Credentials an enabled route needs that hold no value yet (a route with several
+/// targets needs one of its targets' credentials), and the callers' key set while it is
+/// missing: name and why.
 fn not_ready(generation: &super::Generation) -> Vec<Value> {
     let resolved = &generation.resolved;
     let keys = generation
@@ -153,21 +156,40 @@ fn not_ready(generation: &super::Generation) -> Vec<Value> {
         .as_ref()
         .and_then(|callers| callers.keys_missing())
         .map(|(issuer, reason)| json!({"callers": issuer, "reason": reason}));
+    // `on_store_error = "deny"` refuses model requests while the store is down: a load
+    // balancer should send them elsewhere.
+    let store = generation.shared.usage.refusing().then(|| {
+        json!({"usage_store": generation.shared.usage.backing().name(),
+               "reason": "the usage store cannot be reached and on_store_error = \"deny\""})
+    });
+    let why = |index: usize| {
+        let stats = resolved.credentials[index].cached.stats();
+        match stats.last_error {
+            Some((_, message)) => message,
+            None => "not fetched yet".to_string(),
+        }
+    };
     resolved
-        .credentials
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| resolved.unused_reason(*index).is_none())
-        .filter(|(_, c)| c.cached.peek().is_none())
-        .map(|(_, c)| {
-            let stats = c.cached.stats();
-            let reason = match stats.last_error {
-                Some((_, message)) => message,
-                None => "not fetched yet".to_string(),
-            };
-            json!({"credential": c.name, "reason": reason})
+        .unready(|index| resolved.credentials[index].cached.peek().is_some())
+        .into_iter()
+        .map(|missing| match missing {
+            Unready::Credential(index) => {
+                json!({"credential": resolved.credentials[index].name, "reason": why(index)})
+            }
+            Unready::Route {
+                prefix,
+                credentials,
+            } => {
+                let each: Vec<String> = credentials
+                    .iter()
+                    .map(|&i| format!("`{}`: {}", resolved.credentials[i].name, why(i)))
+                    .collect();
+                let reason = format!("no target's credential holds a value ({})", each.join("; "));
+                json!({"route": prefix, "reason": reason})
+            }
         })
         .chain(keys)
+        .chain(store)
         .collect()
 }
 
@@ -216,7 +238,7 @@ fn status(generation: &super::Generation) -> Value {
     let routes: Vec<Value> = resolved
         .routes()
         .map(|(listener, route)| {
-            json!({
+            let mut entry = json!({
                 "listener": listener.addr.to_string(),
                 "prefix": route.prefix,
                 "upstream": route.upstream_text(),
@@ -224,7 +246,12 @@ fn status(generation: &super::Generation) -> Value {
                 "disabled": route.disabled(),
                 "groups": route.groups.as_deref(),
                 "upstream_http2": route.http2.name(),
-            })
+            });
+            if let Some(health) = generation.shared.health.find(listener.addr, &route.prefix) {
+                entry["strategy"] = json!(route.failover.strategy.name());
+                entry["targets"] = targets(resolved, route, health);
+            }
+            entry
         })
         .collect();
     let shared = &generation.shared;
@@ -291,6 +318,40 @@ async fn usage(generation: &super::Generation, query: Option<&str>) -> Response<
         }
         Err(error) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": error})),
     }
+}
+
+/// Each target of a route with several targets: where it sends, its state (healthy, or
+/// cooling until when), its last error, its requests and failovers.
+fn targets(resolved: &Resolved, route: &ResolvedRoute, health: &RouteHealth) -> Value {
+    let targets: Vec<Value> = route
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(index, target)| {
+            let seen = health.target(index).snapshot();
+            let state = match (&target.upstream, seen.cooling_until) {
+                (Err(_), _) => "disabled",
+                (Ok(_), Some(until)) if until > SystemTime::now() => "cooling",
+                (Ok(_), Some(_)) => "trial",
+                (Ok(_), None) => "healthy",
+            };
+            json!({
+                "name": target.name,
+                "upstream": target.upstream_text(),
+                "credential": resolved.credentials[target.credential].name,
+                "translate": target.translate.as_ref().map(|t| t.to.name()),
+                "weight": target.weight,
+                "state": state,
+                "cooling_until": seen.cooling_until.map(rfc3339),
+                "last_error": seen.last_error.map(|(at, message)| json!({"at": rfc3339(at), "message": message})),
+                "requests": seen.requests,
+                "failovers": seen.failovers,
+                "in_flight": seen.in_flight,
+                "disabled": target.upstream.as_ref().err(),
+            })
+        })
+        .collect();
+    Value::Array(targets)
 }
 
 fn rfc3339(at: SystemTime) -> String {

@@ -97,10 +97,11 @@ impl Generation {
             }
         };
         let mut identity_clients = std::collections::HashMap::new();
-        for (_, route) in resolved.routes() {
-            let Some(files) = &route.identity else {
-                continue;
-            };
+        let identities = resolved
+            .routes()
+            .flat_map(|(_, route)| &route.targets)
+            .filter_map(|target| target.identity.as_ref());
+        for files in identities {
             if identity_clients.contains_key(files) {
                 continue;
             }
@@ -125,6 +126,10 @@ impl Generation {
         };
         let mut shared = Shared::new(&resolved, client, callers, Arc::clone(metrics), usage);
         shared.identity_clients = identity_clients;
+        shared.health = crate::proxy::targets::Registry::inheriting(
+            &resolved,
+            previous.map(|p| (&p.shared.health, &p.resolved)),
+        );
         let shared = Arc::new(shared);
         Ok(Generation {
             resolved,
@@ -152,7 +157,7 @@ impl Generation {
         Some(Arc::new(Proxy::new(
             Arc::clone(&self.shared),
             &self.resolved,
-            listener.routes.clone(),
+            listener,
             bound,
             previous,
         )))

@@ -127,8 +127,8 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         admin.abort();
     }
     server.shutdown(grace).await;
-    // Answers that ended during the grace period are in the state file.
-    current.load().shared.usage.save();
+    // Answers that ended during the grace period are in the state file (or the store).
+    current.load().shared.usage.flush().await;
     ExitCode::SUCCESS
 }
 
@@ -161,6 +161,7 @@ fn start_listener(
         .filter(|l| l.addr == addr)
         .flat_map(|l| &l.routes)
         .map(|r| match &r.upstream {
+            _ if r.targets.len() > 1 => format!("{} -> {} targets", r.prefix, r.targets.len()),
             Ok(upstream) => format!("{} -> {upstream}", r.prefix),
             Err(_) => format!("{} (disabled)", r.prefix),
         })
@@ -287,6 +288,9 @@ fn warn_restart_only(before: &Resolved, after: &Resolved) {
     if a.workers != b.workers {
         changed.push("workers");
     }
+    if a.usage.store != b.usage.store || before.usage_state_dir != after.usage_state_dir {
+        changed.push("[usage] store / state_dir");
+    }
     if !changed.is_empty() {
         tracing::warn!(target: "credproxy::reload", settings = %changed.join(", "),
             "these settings changed but apply only after a restart; everything else is in effect");
@@ -384,7 +388,8 @@ fn warm_up(generation: &Generation, fetch: impl Fn(&crate::config::ResolvedCrede
         }
         let routes: Vec<String> = resolved
             .routes()
-            .filter(|(_, r)| r.credential == index && r.disabled().is_none())
+            .filter(|(_, r)| r.disabled().is_none())
+            .filter(|(_, r)| r.targets.iter().any(|t| t.credential == index))
             .map(|(l, r)| resolved.base_url(l.addr, &r.prefix))
             .collect();
         tokio::spawn(async move {

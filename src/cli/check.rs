@@ -1,12 +1,13 @@
 //! `credproxy check`: the config is valid, every credential an enabled route uses is
 //! fetched once straight from its source (never a value printed), the egress proxy, the
-//! listener's TLS files and the callers' key set load; exit 1 if anything failed.
+//! listener's TLS files and the callers' key set load; exit 1 if anything failed that a
+//! route needs (a route with several targets needs one of its targets' credentials).
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use super::table::table;
-use crate::config::Resolved;
+use crate::config::{Resolved, Unready};
 use crate::credentials::Lifetime;
 use crate::kinds::TokenEgress;
 
@@ -83,7 +84,14 @@ pub async fn run(resolved: Resolved) -> ExitCode {
             println!("route {} disabled: {reason}", route.prefix);
         }
     }
-    if callers_ok && rows.iter().all(|r| r.status.is_ok()) {
+    // A failing credential of one target of several is a warning: the route still serves.
+    let unready = resolved.unready(|index| rows[index].status.is_ok());
+    for missing in &unready {
+        if let Unready::Route { prefix, .. } = missing {
+            println!("route {prefix}: FAILED: no target's credential could be fetched");
+        }
+    }
+    if callers_ok && unready.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

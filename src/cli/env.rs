@@ -19,13 +19,32 @@ pub fn report(resolved: &Resolved) -> String {
         let credential = &resolved.credentials[route.credential];
         let url = resolved.base_url(listener.addr, &route.prefix);
         let gateway = resolved.config.callers.is_some();
-        let _ = writeln!(
-            out,
-            "# route {} -> {} (credential `{}`)",
-            route.prefix,
-            route.upstream_text(),
-            credential.name
-        );
+        if route.targets.len() > 1 {
+            let each: Vec<String> = route
+                .targets
+                .iter()
+                .map(|t| {
+                    let name = &resolved.credentials[t.credential].name;
+                    format!("{} (credential `{name}`)", t.upstream_text())
+                })
+                .collect();
+            let strategy = route.failover.strategy.name();
+            let _ = writeln!(
+                out,
+                "# route {} -> {} targets ({strategy}): {}",
+                route.prefix,
+                each.len(),
+                each.join(", ")
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "# route {} -> {} (credential `{}`)",
+                route.prefix,
+                route.upstream_text(),
+                credential.name
+            );
+        }
         let Some(mode) = resolved.client_env(route) else {
             let _ = writeln!(
                 out,

@@ -1,6 +1,7 @@
 //! `credproxy status`: asks the running credproxy (the config's `admin_listen`) for its
 //! `/status` and prints it as tables: which credential fails and why, which routes it
-//! affects, each upstream's connections; exit 1 if a credential is failing.
+//! affects, the targets of routes with several (healthy, or cooling until when, and why),
+//! each upstream's connections; exit 1 if a credential is failing.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -124,6 +125,52 @@ pub fn format_status(status: &serde_json::Value) -> String {
         &["LISTENER", "PREFIX", "UPSTREAM", "CREDENTIAL", "STATE"],
         &routes,
     ));
+    // The targets of routes with several targets: which is cooling, and why.
+    let targets: Vec<Vec<String>> = status["routes"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .flat_map(|r| {
+            let targets = r["targets"].as_array().cloned().unwrap_or_default();
+            let prefix = text(&r["prefix"]);
+            targets.into_iter().map(move |t| {
+                let state = match t["state"].as_str() {
+                    Some("cooling") => format!("cooling until {}", text(&t["cooling_until"])),
+                    _ => text(&t["state"]),
+                };
+                let last_error = match &t["last_error"] {
+                    serde_json::Value::Null => "-".to_string(),
+                    e => format!("{} ({})", text(&e["message"]), text(&e["at"])),
+                };
+                vec![
+                    prefix.clone(),
+                    text(&t["name"]),
+                    text(&t["upstream"]),
+                    text(&t["credential"]),
+                    state,
+                    text(&t["requests"]),
+                    text(&t["failovers"]),
+                    last_error,
+                ]
+            })
+        })
+        .collect();
+    if !targets.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "PREFIX",
+                "TARGET",
+                "UPSTREAM",
+                "CREDENTIAL",
+                "STATE",
+                "REQUESTS",
+                "FAILOVERS",
+                "LAST ERROR",
+            ],
+            &targets,
+        ));
+    }
     // Upstreams reached over HTTP/2 (or found to speak HTTP/1.1) since the start.
     let upstreams: Vec<Vec<String>> = status["upstreams"]
         .as_array()

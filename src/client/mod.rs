@@ -99,6 +99,9 @@ pub struct WorkerClient {
 pub enum Body {
     Http1(Incoming),
     Http2(http2::H2Body),
+    /// An answer whose first bytes were read ahead (a route with several targets holds a
+    /// stream's first event to see whether it is an error), then the rest as it comes.
+    Held(Option<Bytes>, Box<Body>),
 }
 
 impl http_body::Body for Body {
@@ -112,6 +115,10 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Body::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Body::Held(head, rest) => match head.take() {
+                Some(head) => Poll::Ready(Some(Ok(http_body::Frame::data(head)))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
         }
     }
 
@@ -119,6 +126,7 @@ impl http_body::Body for Body {
         match self {
             Body::Http1(body) => body.is_end_stream(),
             Body::Http2(body) => body.is_end_stream(),
+            Body::Held(head, rest) => head.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -126,6 +134,16 @@ impl http_body::Body for Body {
         match self {
             Body::Http1(body) => body.size_hint(),
             Body::Http2(body) => body.size_hint(),
+            Body::Held(head, rest) => {
+                let held = head.as_ref().map_or(0, |h| h.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = http_body::SizeHint::new();
+                hint.set_lower(rest.lower() + held);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + held);
+                }
+                hint
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 mod callers;
 pub mod egress;
 mod resolve;
+pub mod targets;
 pub mod translate;
 pub mod usage;
 mod validate;
@@ -27,7 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use callers::{CallersConfig, JwtConfig, KeysFrom, StaticToken};
-pub use resolve::{Resolved, ResolvedCredential, ResolvedListener, ResolvedRoute, TlsFiles};
+pub use resolve::{
+    Resolved, ResolvedCredential, ResolvedListener, ResolvedRoute, ResolvedTarget, TlsFiles,
+    Unready,
+};
+pub use targets::{Failover, Strategy, Target};
 
 use http::HeaderName;
 
@@ -207,6 +212,11 @@ pub struct Route {
     pub translate: Option<translate::Translate>,
     /// `upstream_http2`: whether requests go to the upstream over HTTP/2.
     pub http2: Http2,
+    /// Where requests go, at least one; the fields above are the first one's (all that the
+    /// one-target form writes).
+    pub targets: Vec<Target>,
+    /// `strategy`, `max_attempts`, `max_cooldown`: how the targets are used.
+    pub failover: Failover,
 }
 
 /// `upstream_http2` on a route: which HTTP version credproxy speaks to the upstream.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::{Config, KeysFrom, Route, UpstreamSpec};
+use super::{Config, Failover, KeysFrom, Route, Target, UpstreamSpec};
 use crate::credentials::Cached;
 use crate::kinds::{ClientEnv, Environment, Facts, Placeholder, RouteView, Spec};
 use crate::schemes::Scheme;
@@ -36,6 +36,18 @@ pub struct Resolved {
     /// Where the embedded usage store keeps its state file: `[usage] state_dir`, else the
     /// platform's state directory; `None` when neither is known (no `HOME`).
     pub usage_state_dir: Option<PathBuf>,
+}
+
+/// What keeps a route from being ready (see [`Resolved::unready`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unready {
+    /// A credential (by index) that a route needs holds no value.
+    Credential(usize),
+    /// None of these credentials of a route's targets holds a value.
+    Route {
+        prefix: String,
+        credentials: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -83,10 +95,59 @@ pub struct ResolvedRoute {
     pub translate: Option<Arc<super::translate::Translation>>,
     /// `upstream_http2`: the HTTP version spoken to the upstream.
     pub http2: super::Http2,
+    /// Every target, at least one; the per-target fields above are the first one's (what
+    /// the one-target form names, and what `credproxy env` describes).
+    pub targets: Vec<ResolvedTarget>,
+    /// `strategy`, `max_attempts`, `max_cooldown`.
+    pub failover: Failover,
+}
+
+/// One of a route's targets, bound to the environment.
+#[derive(Debug, Clone)]
+pub struct ResolvedTarget {
+    /// Its `name`, else its index in `targets` (`x-credproxy-target`, metrics, `/status`).
+    pub name: String,
+    /// Where requests go, or why this target cannot serve.
+    pub upstream: Result<Upstream, String>,
+    pub template: Option<String>,
+    /// Index into [`Resolved::credentials`].
+    pub credential: usize,
+    pub stream_idle_timeout: Option<Duration>,
+    pub identity: Option<TlsFiles>,
+    pub translate: Option<Arc<super::translate::Translation>>,
+    pub http2: super::Http2,
+    pub weight: u32,
+}
+
+impl ResolvedTarget {
+    /// The upstream for people: the URL, or the template of a disabled target.
+    pub fn upstream_text(&self) -> String {
+        match (&self.upstream, &self.template) {
+            (Ok(upstream), _) => upstream.to_string(),
+            (Err(_), Some(template)) => template.clone(),
+            (Err(reason), None) => reason.clone(),
+        }
+    }
+
+    /// Whether `other` sends requests to the same place the same way (upstream,
+    /// translation, client certificate, HTTP version); with the same credential (which
+    /// the caller compares, as indexes differ between generations) a reload keeps such a
+    /// target's health.
+    pub fn same_as(&self, other: &ResolvedTarget) -> bool {
+        self.upstream == other.upstream
+            && self.translate == other.translate
+            && self.identity == other.identity
+            && self.http2 == other.http2
+    }
 }
 
 impl ResolvedRoute {
+    /// Why the route cannot serve: its one target's reason, or the first target's when
+    /// none of several can serve.
     pub fn disabled(&self) -> Option<&str> {
+        if self.targets.len() > 1 && self.targets.iter().any(|t| t.upstream.is_ok()) {
+            return None;
+        }
         self.upstream.as_ref().err().map(String::as_str)
     }
 
@@ -120,14 +181,7 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
             routes: listener
                 .routes
                 .iter()
-                .map(|route| {
-                    resolve_route(
-                        &config,
-                        route,
-                        &credentials[route.credential].facts,
-                        env.home().as_deref(),
-                    )
-                })
+                .map(|route| resolve_route(&config, route, &credentials, env.home().as_deref()))
                 .collect(),
         })
         .collect();
@@ -174,14 +228,53 @@ pub(super) async fn resolve(config: Config, env: &Environment) -> Resolved {
 fn resolve_route(
     config: &Config,
     route: &Route,
-    facts: &Facts,
+    credentials: &[ResolvedCredential],
     home: Option<&std::path::Path>,
 ) -> ResolvedRoute {
-    let (mut upstream, template) = match &route.upstream {
+    let targets: Vec<ResolvedTarget> = route
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(index, target)| {
+            resolve_target(index, target, &credentials[target.credential].facts, home)
+        })
+        .collect();
+    let first = targets[0].clone();
+    ResolvedRoute {
+        prefix: route.prefix.clone(),
+        upstream: first.upstream,
+        template: first.template,
+        credential: first.credential,
+        max_in_flight: route.max_in_flight.unwrap_or(config.limits.max_in_flight),
+        stream_idle_timeout: first.stream_idle_timeout,
+        // The caller's own token header never goes upstream.
+        strip_headers: config
+            .strip_headers
+            .iter()
+            .chain(&route.strip_headers)
+            .chain(config.callers.as_ref().and_then(|c| c.header.as_ref()))
+            .cloned()
+            .collect(),
+        groups: route.groups.as_deref().map(Arc::from),
+        identity: first.identity,
+        translate: first.translate,
+        http2: first.http2,
+        targets,
+        failover: route.failover,
+    }
+}
+
+fn resolve_target(
+    index: usize,
+    target: &Target,
+    facts: &Facts,
+    home: Option<&std::path::Path>,
+) -> ResolvedTarget {
+    let (mut upstream, template) = match &target.upstream {
         UpstreamSpec::Fixed(upstream) => (Ok(upstream.clone()), None),
         UpstreamSpec::Template(template) => (fill(template, facts), Some(template.clone())),
     };
-    let translate = route.translate.as_ref().map(|t| {
+    let translate = target.translate.as_ref().map(|t| {
         Arc::new(super::translate::Translation {
             to: t.to,
             models: t.models.clone(),
@@ -189,7 +282,7 @@ fn resolve_route(
             region: facts.region.clone(),
         })
     });
-    // Vertex paths name the project and region: without them the route cannot serve.
+    // Vertex paths name the project and region: without them the target cannot serve.
     if let Some(t) = &translate
         && t.to == super::translate::TranslateTo::Vertex
         && upstream.is_ok()
@@ -200,28 +293,19 @@ fn resolve_route(
             upstream = Err("translate = \"vertex\" needs the region: set `region` in the credential or CLOUD_ML_REGION, and restart credproxy".to_string());
         }
     }
-    ResolvedRoute {
-        prefix: route.prefix.clone(),
+    ResolvedTarget {
+        name: target.name.clone().unwrap_or_else(|| index.to_string()),
         upstream,
         template,
-        credential: route.credential,
-        max_in_flight: route.max_in_flight.unwrap_or(config.limits.max_in_flight),
-        stream_idle_timeout: route.stream_idle_timeout,
-        // The caller's own token header never goes upstream.
-        strip_headers: config
-            .strip_headers
-            .iter()
-            .chain(&route.strip_headers)
-            .chain(config.callers.as_ref().and_then(|c| c.header.as_ref()))
-            .cloned()
-            .collect(),
-        groups: route.groups.as_deref().map(Arc::from),
-        identity: route.identity.as_ref().map(|files| TlsFiles {
+        credential: target.credential,
+        stream_idle_timeout: target.stream_idle_timeout,
+        identity: target.identity.as_ref().map(|files| TlsFiles {
             cert: files.cert.resolve(home),
             key: files.key.resolve(home),
         }),
         translate,
-        http2: route.http2,
+        http2: target.http2,
+        weight: target.weight,
     }
 }
 
@@ -289,7 +373,7 @@ impl Resolved {
         let routes: Vec<&ResolvedRoute> = self
             .routes()
             .map(|(_, r)| r)
-            .filter(|r| r.credential == index)
+            .filter(|r| r.targets.iter().any(|t| t.credential == index))
             .collect();
         if routes.is_empty() {
             return Some("unused: no route refers to it".to_string());
@@ -302,15 +386,49 @@ impl Resolved {
         None
     }
 
+    /// What keeps the enabled routes from serving, given which credentials hold a value
+    /// (`holds`, by index): each credential a one-target route needs and lacks, and each
+    /// route with several targets none of whose credentials holds one (a route is ready
+    /// when one of its targets can be sent a request). `/readyz` and `check` ask this.
+    pub fn unready(&self, holds: impl Fn(usize) -> bool) -> Vec<Unready> {
+        let mut missing = Vec::new();
+        for (_, route) in self.routes() {
+            if route.disabled().is_some() {
+                continue;
+            }
+            let usable: Vec<usize> = route
+                .targets
+                .iter()
+                .filter(|t| t.upstream.is_ok())
+                .map(|t| t.credential)
+                .collect();
+            if usable.iter().any(|&c| holds(c)) {
+                continue;
+            }
+            let found = if let [one] = usable[..] {
+                Unready::Credential(one)
+            } else {
+                Unready::Route {
+                    prefix: route.prefix.clone(),
+                    credentials: usable,
+                }
+            };
+            if !missing.contains(&found) {
+                missing.push(found);
+            }
+        }
+        missing
+    }
+
     /// A route as `credproxy env` and the kinds see it (a disabled route has none).
     /// What a route's clients must be told (`credproxy env`), `None` while it is disabled:
     /// a translating route speaks the Anthropic API whatever its credential; a route to a
     /// gateway's cloud route speaks that cloud's mode; else the credential kind says.
     pub fn client_env(&self, route: &ResolvedRoute) -> Option<ClientEnv> {
-        let view = self.route_view(route)?;
-        if route.translate.is_some() {
+        if route.disabled().is_none() && route.targets.iter().any(|t| t.translate.is_some()) {
             return Some(ClientEnv::Anthropic);
         }
+        let view = self.route_view(route)?;
         if let Some(mode) = ClientEnv::of_gateway_path(&view.upstream.base_path) {
             return Some(mode);
         }

@@ -484,13 +484,17 @@ fn routes(root: &mut Table, cx: &mut Checker, at: &RouteContext) -> Vec<Listener
     listeners
 }
 
-fn required(table: &mut Table, cx: &mut Checker, key: &'static str) -> Option<Text> {
+/// What every `[[routes]]` table needs (else `targets` instead of the last two).
+const ROUTE_NEEDS: &str =
+    "every [[routes]] table needs `prefix`, and `upstream` and `credential` (or `targets`)";
+
+fn required(table: &mut Table, cx: &mut Checker, key: &'static str, needs: &str) -> Option<Text> {
     let value = table.string(cx, key);
     if value.is_none() && table.value(key).is_none() {
         cx.report(
             table.span(),
             format!("missing field `{key}`"),
-            "every [[routes]] table needs `prefix`, `upstream` and `credential`".to_string(),
+            needs.to_string(),
         );
     }
     value
@@ -501,90 +505,80 @@ fn read_route(
     cx: &mut Checker,
     at: &RouteContext,
 ) -> Option<(SocketAddr, Route, Text)> {
-    let RouteContext {
-        default_listen,
-        allow_non_loopback,
-        index,
-        credentials,
-        has_callers,
-        base_dir,
-    } = *at;
-    let prefix_text = required(table, cx, "prefix");
-    let upstream_text = required(table, cx, "upstream");
-    let credential_text = required(table, cx, "credential");
+    let prefix_text = required(table, cx, "prefix", ROUTE_NEEDS);
     let listen = table.string(cx, "listen");
     let max_in_flight = table
         .integer(cx, "max_in_flight", LIMIT)
         .map(|n| *n.get_ref() as usize);
-    let stream_idle_timeout = table
-        .string(cx, "stream_idle_timeout")
-        .and_then(|t| cx.duration(&t, secs(1)..=DAY));
     let strip_headers = header_names(table, cx, "strip_headers");
-    let identity = cert_and_key(table, cx, base_dir, ("client_cert", "client_key"));
-    let http2 = upstream_http2(table, cx);
     let groups_at = table.value("groups").map(|v| v.span());
     let groups = callers::groups(table, cx);
-    if let (Some(span), false) = (groups_at, has_callers) {
+    if let (Some(span), false) = (groups_at, at.has_callers) {
         cx.report(
             span,
             "`groups` on a route needs a [callers] table: without callers nobody has groups",
             "add a [callers] table (an identity provider or [[callers.tokens]]), or remove `groups`".to_string(),
         );
     }
+    let (targets, failover) = targets::read(table, cx, at);
     let addr = match &listen {
-        Some(text) => listen_addr(cx, text, allow_non_loopback),
-        None => default_listen,
+        Some(text) => listen_addr(cx, text, at.allow_non_loopback),
+        None => at.default_listen,
     };
     let prefix = prefix_text.as_ref().and_then(|t| prefix(cx, t));
-    let credential = credential_text.as_ref().and_then(|name| {
-        match index.get(name.get_ref()) {
-            Some(known) => *known, // `None`: the credential itself was reported
-            None => {
-                let names: Vec<_> = credentials
-                    .iter()
-                    .map(|c| format!("\"{}\"", c.name))
-                    .collect();
-                let hint = if names.is_empty() {
-                    format!("add a [credentials.{}] table", name.get_ref())
-                } else {
-                    format!(
-                        "write one of {}, or add a [credentials.{}] table",
-                        names.join(", "),
-                        name.get_ref()
-                    )
-                };
-                cx.report(
-                    name.span(),
-                    format!(
-                        "route uses credential `{}`, which is not defined",
-                        name.get_ref()
-                    ),
-                    hint,
-                );
-                None
-            }
-        }
-    });
-    let credential_kind = credential.map(|i| credentials[i].spec.kind());
-    let translate = super::translate::read(table, cx, credential_kind);
-    let upstream_text = upstream_text?;
-    let upstream = upstream(cx, &upstream_text, credential.map(|i| &credentials[i]));
+    let targets = targets?;
+    let first = targets[0].clone();
     Some((
         addr?,
         Route {
             prefix: prefix?,
-            upstream: upstream?,
-            credential: credential?,
+            upstream: first.upstream,
+            credential: first.credential,
             max_in_flight,
-            stream_idle_timeout,
+            stream_idle_timeout: first.stream_idle_timeout,
             strip_headers,
             groups,
-            identity,
-            translate,
-            http2,
+            identity: first.identity,
+            translate: first.translate,
+            http2: first.http2,
+            targets,
+            failover,
         },
         prefix_text?,
     ))
+}
+
+/// The index of the credential a route or target names (`None`, reported, when it is not
+/// defined; `None`, silently, when the credential itself was reported).
+fn credential_index(cx: &mut Checker, name: &Text, at: &RouteContext) -> Option<usize> {
+    match at.index.get(name.get_ref()) {
+        Some(known) => *known,
+        None => {
+            let names: Vec<_> = at
+                .credentials
+                .iter()
+                .map(|c| format!("\"{}\"", c.name))
+                .collect();
+            let hint = if names.is_empty() {
+                format!("add a [credentials.{}] table", name.get_ref())
+            } else {
+                format!(
+                    "write one of {}, or add a [credentials.{}] table",
+                    names.join(", "),
+                    name.get_ref()
+                )
+            };
+            cx.report(
+                name.span(),
+                format!(
+                    "route uses credential `{}`, which is not defined",
+                    name.get_ref()
+                ),
+                hint,
+            );
+            None
+        }
+    }
 }
 
 /// `upstream_http2 = "auto" | "never" | "always"` (default auto).
@@ -711,6 +705,8 @@ fn upstream(
         }
     }
 }
+
+mod targets;
 
 #[cfg(test)]
 mod tests;

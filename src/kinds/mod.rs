@@ -401,7 +401,7 @@ pub(crate) fn text(value: &Option<crate::fields::Text>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-// Its one test lists every kind: only the build with all of them has it.
+/// Lists every kind: runs in the default build (all cloud features).
 #[cfg(all(test, feature = "aws", feature = "google", feature = "azure"))]
 mod tests {
     use super::*;

@@ -1,8 +1,8 @@
 //! Phase 3½, once the body is read: whose request this is for usage (caller, groups, the
 //! client's tag, route, model), and whether its quotas have room (429 naming the quota
 //! when not; nothing reaches the upstream). The tag header is removed here, so the
-//! upstream never sees it. Model requests are the `POST`s: a model list or a probe is
-//! neither counted nor limited.
+//! upstream never sees it. Model requests are the `POST`s but token counting: a model
+//! list, a probe or a token count is neither counted nor limited.
 
 use bytes::Bytes;
 use http::Method;
@@ -24,7 +24,7 @@ impl Proxy {
         route: &ResolvedRoute,
     ) -> Result<Option<Ticket>, ProxyError> {
         let tag = self.tag(head)?;
-        if head.method != Method::POST {
+        if head.method != Method::POST || counts_tokens(head.uri.path()) {
             return Ok(None);
         }
         let facts = Facts {
@@ -38,7 +38,7 @@ impl Proxy {
         match self.shared.usage.admit(facts, body.len()) {
             Ok(ticket) => Ok(Some(ticket)),
             Err(Refusal::Spent(spent)) => Err(ProxyError::QuotaSpent(spent)),
-            Err(Refusal::StoreDown { store }) => Err(ProxyError::UsageStoreDown { store }),
+            Err(Refusal::StoreDown) => Err(ProxyError::UsageStoreDown),
         }
     }
 
@@ -67,4 +67,12 @@ impl Proxy {
         }
         Ok(Some(text.to_string()))
     }
+}
+
+/// Token counting (`/v1/messages/count_tokens`, Bedrock's and Vertex's `count-tokens`) is
+/// free and answers no usage: not a model request.
+fn counts_tokens(path: &str) -> bool {
+    path.ends_with("/count_tokens")
+        || path.ends_with("/count-tokens")
+        || path.ends_with(":countTokens")
 }

@@ -11,7 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::stream::UpstreamBody;
 use super::translate::{Reshape, Translator};
 use super::{Exchange, Proxy, ProxyError, ResponseBody, UpstreamResponse, respond, unreachable};
-use crate::config::ResolvedRoute;
+use crate::config::ResolvedTarget;
 use crate::headers;
 
 /// How much of a translated answer is read to rewrite it (errors, token counts).
@@ -32,22 +32,29 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let Exchange {
             route,
+            target,
             slot,
             translator,
             ..
         } = exchange;
         match translator {
-            None => Ok(answer.into_response(route, slot, false)),
-            Some(translator) => self.translated(route, translator, answer, slot).await,
+            None => Ok(answer.into_response(target, slot, false)),
+            Some(translator) => {
+                let unreachable = |cause| unreachable(route, target, cause);
+                self.translated(target, translator, answer, slot, unreachable)
+                    .await
+            }
         }
     }
 
+    /// `unreachable`: the error for an answer that cannot be read or put back in shape.
     async fn translated(
         &self,
-        route: &ResolvedRoute,
+        target: &ResolvedTarget,
         translator: Translator<'_>,
         answer: Answer,
         slot: OwnedSemaphorePermit,
+        unreachable: impl Fn(String) -> ProxyError,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (status, headers) = match &answer {
             Answer::Streaming(response) => (response.status(), response.headers()),
@@ -55,10 +62,10 @@ impl Proxy {
         };
         let (parts, bytes) = match (translator.reshape(status, headers), answer) {
             (Reshape::AsIs, answer) | (Reshape::EventStreamToSse, answer @ Answer::Read(..)) => {
-                return Ok(answer.into_response(route, slot, false));
+                return Ok(answer.into_response(target, slot, false));
             }
             (Reshape::EventStreamToSse, answer) => {
-                return Ok(answer.into_response(route, slot, true));
+                return Ok(answer.into_response(target, slot, true));
             }
             (Reshape::ReadWhole, Answer::Read(parts, bytes)) => (parts, bytes),
             (Reshape::ReadWhole, Answer::Streaming(response)) => {
@@ -69,14 +76,14 @@ impl Proxy {
                     .map_err(|_| "the upstream stopped sending its answer".into())
                     .and_then(|r| r.map(|c| c.to_bytes()))
                     .map_err(|e: super::stream::BoxError| {
-                        unreachable(route, format!("its answer could not be read: {e}"))
+                        unreachable(format!("its answer could not be read: {e}"))
                     })?;
                 (parts, bytes)
             }
         };
         let (status, json) = translator
             .rewrite(&parts, &bytes)
-            .map_err(|missing| unreachable(route, missing.to_string()))?;
+            .map_err(|missing| unreachable(missing.to_string()))?;
         Ok(respond::json(status, &json))
     }
 }
@@ -87,7 +94,7 @@ impl Answer {
     /// re-emitted as SSE.
     fn into_response(
         self,
-        route: &ResolvedRoute,
+        target: &ResolvedTarget,
         slot: OwnedSemaphorePermit,
         event_stream: bool,
     ) -> Response<ResponseBody> {
@@ -101,7 +108,7 @@ impl Answer {
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
                     );
-                    UpstreamBody::new(body, Some(slot), route.stream_idle_timeout, true)
+                    UpstreamBody::new(body, Some(slot), target.stream_idle_timeout, true)
                         .with_event_stream()
                 } else {
                     // An event can be added only to a stream without a declared length.
@@ -110,7 +117,7 @@ impl Answer {
                         .get(http::header::CONTENT_TYPE)
                         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
                         && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
-                    UpstreamBody::new(body, Some(slot), route.stream_idle_timeout, sse)
+                    UpstreamBody::new(body, Some(slot), target.stream_idle_timeout, sse)
                 };
                 Response::from_parts(parts, Either::Left(body))
             }

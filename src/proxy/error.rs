@@ -91,13 +91,13 @@ pub enum ProxyError {
         upstream: String,
         busy: crate::client::http2::Busy,
     },
-    #[error("quota `{}` is spent ({}); it frees in {}", .0.quota, .0.limit, humantime::format_duration(.0.frees_in))]
+    #[error("{}", quota_message(.0))]
     QuotaSpent(crate::usage::quota::Spent),
     #[error(
-        "the usage store {store} cannot be reached and `on_store_error = \"deny\"`: requests are refused until it is back"
+        "the usage store cannot be reached and `on_store_error = \"deny\"`: model requests are refused until it is back"
     )]
-    UsageStoreDown { store: String },
-    #[error("the `{header}` header {problem}; write up to 128 letters, digits and `._:/@+=-`")]
+    UsageStoreDown,
+    #[error("the `{header}` header {problem}; write up to 128 letters, digits and `._:@+-`")]
     BadTag {
         header: http::HeaderName,
         problem: &'static str,
@@ -107,6 +107,15 @@ pub enum ProxyError {
         route: String,
         upstream: String,
         waited: Duration,
+    },
+    /// A route with several targets found none that could take the request.
+    #[error("route `{route}` found no target to serve the request: {states}")]
+    TargetsUnavailable {
+        route: String,
+        /// Each target's state: healthy, cooling for how long, last error.
+        states: String,
+        /// The shortest wait until a target may be tried again, when all are cooling.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -133,7 +142,8 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamBusy { .. }
-            | ProxyError::UsageStoreDown { .. }
+            | ProxyError::UsageStoreDown
+            | ProxyError::TargetsUnavailable { .. }
             | ProxyError::Overloaded { .. } => Side::Upstream,
         }
     }
@@ -161,7 +171,8 @@ impl ProxyError {
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Overloaded { .. }
             | ProxyError::UpstreamBusy { .. }
-            | ProxyError::UsageStoreDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::UsageStoreDown
+            | ProxyError::TargetsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Credential { .. }
             | ProxyError::Apply { .. }
             | ProxyError::RouteDisabled { .. }
@@ -195,16 +206,22 @@ impl ProxyError {
         });
         let status = self.status();
         let side = self.side();
-        let overloaded = matches!(
-            self,
-            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. }
-        );
+        let retry_after = match &self {
+            ProxyError::Overloaded { .. } | ProxyError::UpstreamBusy { .. } => Some(1),
+            ProxyError::TargetsUnavailable { retry_after, .. } => {
+                Some(retry_after.map_or(1, retry_after_seconds))
+            }
+            ProxyError::QuotaSpent(spent) => Some(retry_after_seconds(spent.frees_in)),
+            _ => None,
+        };
         // A caller refused for anything but an aged token gets the same answer on a retry;
         // `x-should-retry: false` stops the Anthropic SDKs' (and Claude Code's) retry loop.
         let final_answer = match &self {
             ProxyError::Caller(error) => !error.fresh_token_helps(),
             ProxyError::CallerRefused(_) => true,
             ProxyError::Credential { cause, .. } => cause.kind == FailureKind::LoginRequired,
+            // A day's or month's quota: retrying within the SDKs' backoff cannot help.
+            ProxyError::QuotaSpent(spent) => spent.frees_in.as_secs() > 60,
             _ => false,
         };
         let challenge = matches!(self, ProxyError::Caller(_)) && status == StatusCode::UNAUTHORIZED;
@@ -216,15 +233,13 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert("x-credproxy-error", HeaderValue::from_static(side.as_str()));
-        if overloaded {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if let ProxyError::QuotaSpent(spent) = &self {
-            let seconds = spent.frees_in.as_secs().max(1);
+        if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            if let Ok(name) = HeaderValue::from_str(&spent.quota) {
-                headers.insert("x-credproxy-quota", name);
-            }
+        }
+        if let ProxyError::QuotaSpent(spent) = &self
+            && let Ok(name) = HeaderValue::from_str(&spent.quota)
+        {
+            headers.insert("x-credproxy-quota", name);
         }
         if final_answer {
             headers.insert("x-should-retry", HeaderValue::from_static("false"));
@@ -237,4 +252,25 @@ impl ProxyError {
         }
         response
     }
+}
+
+fn quota_message(spent: &crate::usage::quota::Spent) -> String {
+    if spent.in_flight {
+        format!(
+            "quota `{}` ({}) is nearly spent and requests in flight hold the rest; try again when one ends",
+            spent.quota, spent.limit
+        )
+    } else {
+        format!(
+            "quota `{}` is spent ({}); it frees in {}",
+            spent.quota,
+            spent.limit,
+            humantime::format_duration(spent.frees_in)
+        )
+    }
+}
+
+/// A wait as `retry-after` gives it: whole seconds, rounded up, at least 1.
+pub(super) fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }

@@ -1,7 +1,8 @@
 //! Phase 5: the send loop. Each attempt takes a current value from the credential's cache,
 //! applies the scheme to a fresh copy of the request (so a replay is signed anew) and
 //! sends it on this worker's upstream client; [`super::retry`] decides whether the first
-//! answer is replayed; the answer goes on to [`super::deliver`].
+//! answer is replayed; the answer goes on to [`super::deliver`]. On a route with several
+//! targets, [`super::failover`] runs this loop once per target it tries.
 
 use std::time::Instant;
 
@@ -23,15 +24,26 @@ struct Attempt {
 }
 
 impl Proxy {
-    /// Sends the request; when the answer says the credential (or its signature) went bad,
-    /// renews it and sends once more. The second answer goes back whatever it is.
+    /// Sends the request and delivers its answer (a route with one target).
     pub(super) async fn forward(
         &self,
         exchange: Exchange<'_>,
         log: &mut AccessLog<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        log.attempts = 1;
-        let first = self.attempt(&exchange, log).await?;
+        let answer = self.send_on_target(&exchange, log).await?;
+        self.deliver(exchange, answer).await
+    }
+
+    /// Sends the request to the exchange's target; when the answer says the credential
+    /// (or its signature) went bad, renews it and sends once more. The second answer is
+    /// returned whatever it is. `log.attempts` counts the sends of the whole request.
+    pub(super) async fn send_on_target(
+        &self,
+        exchange: &Exchange<'_>,
+        log: &mut AccessLog<'_>,
+    ) -> Result<Answer, ProxyError> {
+        log.attempts += 1;
+        let first = self.attempt(exchange, log).await?;
         let status = first.response.status();
         let scheme = &exchange.injector.scheme;
         let (answer, verdict) = classify(scheme, first.response, self.shared.upstream_timeout)
@@ -40,18 +52,20 @@ impl Proxy {
                 let cause = crate::failure::chain(e.as_ref());
                 unreachable(
                     exchange.route,
+                    exchange.target,
                     format!("its answer could not be read: {cause}"),
                 )
             })?;
-        let answer = match self.decide(&exchange, verdict, status, &first.credential) {
-            Decision::Deliver => answer,
-            Decision::Replay => {
-                drop(answer);
-                log.attempts = 2;
-                Answer::Streaming(self.attempt(&exchange, log).await?.response)
-            }
-        };
-        self.deliver(exchange, answer).await
+        Ok(
+            match self.decide(exchange, verdict, status, &first.credential) {
+                Decision::Deliver => answer,
+                Decision::Replay => {
+                    drop(answer);
+                    log.attempts += 1;
+                    Answer::Streaming(self.attempt(exchange, log).await?.response)
+                }
+            },
+        )
     }
 
     /// One try: a current credential value, applied afresh, and the upstream's answer.
@@ -93,21 +107,21 @@ impl Proxy {
         })
     }
 
-    /// The request on this worker's client for the route (its own for a route with a
+    /// The request on this worker's client for the target (its own for a target with a
     /// client certificate), within `upstream_timeout`.
     async fn send(
         &self,
         exchange: &Exchange<'_>,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamResponse>, ProxyError> {
-        let route = exchange.route;
+        let (route, target) = (exchange.route, exchange.target);
         let waited = self.shared.upstream_timeout;
         let timeout = || ProxyError::UpstreamTimeout {
             route: route.prefix.clone(),
-            upstream: route.upstream_text(),
+            upstream: target.upstream_text(),
             waited,
         };
-        let client = match &route.identity {
+        let client = match &target.identity {
             None => self.shared.client.here(),
             // Built with the generation for every route that names one.
             Some(files) => self
@@ -117,7 +131,7 @@ impl Proxy {
                 .expect("a client for every route's client certificate")
                 .here(),
         };
-        let sending = client.send(request, route.http2, self.shared.queue_timeout);
+        let sending = client.send(request, target.http2, self.shared.queue_timeout);
         match tokio::time::timeout(waited, sending).await {
             Ok(Ok(sent)) => {
                 if let Some(wait) = sent.stream_wait {
@@ -132,13 +146,13 @@ impl Proxy {
                     self.shared.metrics.stream_wait(&route.prefix, busy.waited);
                     Err(ProxyError::UpstreamBusy {
                         route: route.prefix.clone(),
-                        upstream: route.upstream_text(),
+                        upstream: target.upstream_text(),
                         busy: *busy,
                     })
                 }
                 Err(error) => Err(ProxyError::UpstreamUnreachable {
                     route: route.prefix.clone(),
-                    upstream: route.upstream_text(),
+                    upstream: target.upstream_text(),
                     cause: error,
                 }),
             },

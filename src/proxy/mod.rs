@@ -16,7 +16,10 @@
 //!    route the request rewritten for the cloud ([`translate`]); the upstream URI.
 //! 5. [`forward`]: the send loop — a current credential value applied afresh to each
 //!    attempt, sent on this worker's client; [`retry`] is the policy that judges the first
-//!    answer and replays once when the credential (or its signature) went bad.
+//!    answer and replays once when the credential (or its signature) went bad. On a route
+//!    with several targets, [`failover`] runs phases 4 and 5 once per target tried: it
+//!    picks a target by the route's strategy and health ([`targets`]) and moves on when
+//!    [`retry`] says the target failed before anything reached the client.
 //! 6. [`deliver`]: the answer streamed back frame by frame ([`stream`], where observers
 //!    such as the access line tap it), or translated back to the Anthropic shape.
 //! 7. [`respond`]: errors as Anthropic-shaped answers ([`error`]), metrics, the access line,
@@ -31,6 +34,7 @@ mod admit;
 pub mod body;
 mod deliver;
 pub mod error;
+mod failover;
 mod forward;
 pub mod guard;
 mod prepare;
@@ -39,6 +43,7 @@ mod retry;
 pub mod route;
 pub mod stream;
 mod target;
+pub mod targets;
 pub mod translate;
 mod usage_tap;
 
@@ -55,7 +60,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::callers::Callers;
 use crate::client::Body as UpstreamResponse;
 pub use crate::client::{Clients, UpstreamClient};
-use crate::config::{Resolved, ResolvedRoute};
+use crate::config::{Resolved, ResolvedListener, ResolvedRoute, ResolvedTarget};
 use crate::credentials::Cached;
 use crate::schemes::Scheme;
 use crate::telemetry::{AccessLog, Metrics};
@@ -97,6 +102,8 @@ pub struct Shared {
     pub usage: Arc<Ledger>,
     /// `[usage] tag_header`.
     pub tag_header: http::HeaderName,
+    /// The health of the targets of routes with several targets (kept across reloads).
+    pub health: targets::Registry,
 }
 
 impl Shared {
@@ -115,6 +122,7 @@ impl Shared {
             usage,
             tag_header: resolved.config.usage.tag_header.clone(),
             identity_clients: Default::default(),
+            health: Default::default(),
             client,
             injectors: resolved
                 .credentials
@@ -151,10 +159,11 @@ impl Proxy {
     pub fn new(
         shared: Arc<Shared>,
         resolved: &Resolved,
-        routes: Vec<ResolvedRoute>,
+        listener: &ResolvedListener,
         bound: SocketAddr,
         previous: Option<&Proxy>,
     ) -> Self {
+        let routes = listener.routes.clone();
         let bedrock_routes = routes
             .iter()
             .filter(|r| {
@@ -165,9 +174,11 @@ impl Proxy {
             })
             .map(|r| r.prefix.clone())
             .collect();
+        let mut routes = RouteTable::inheriting(routes, previous.map(|p| &p.routes));
+        routes.attach_health(&shared.health, listener.addr);
         Proxy {
             shared,
-            routes: RouteTable::inheriting(routes, previous.map(|p| &p.routes)),
+            routes,
             guard: Guard::new(resolved.config.guard.clone(), bound),
             bedrock_routes,
         }
@@ -197,7 +208,7 @@ impl Proxy {
         if head.method == Method::HEAD {
             return Ok(Response::new(Either::Right(Full::new(Bytes::new()))));
         }
-        let target = self.target(head.uri.path(), caller.as_deref(), log).await?;
+        let chosen = self.target(head.uri.path(), caller.as_deref(), log).await?;
         let body = body::read_limited(
             &head.headers,
             body.take().expect("the request body is read once"),
@@ -205,7 +216,17 @@ impl Proxy {
             self.shared.body_read_timeout,
         )
         .await?;
-        *ticket = self.account(&mut head, &body, caller.as_deref(), target.route)?;
+        let route = match &chosen {
+            target::Chosen::One(target) => target.route,
+            target::Chosen::Several(several) => several.route,
+        };
+        *ticket = self.account(&mut head, &body, caller.as_deref(), route)?;
+        let target = match chosen {
+            target::Chosen::One(target) => target,
+            target::Chosen::Several(several) => {
+                return self.fail_over(head, body, several, log).await;
+            }
+        };
         match self.prepare(head, body, target)? {
             Prepared::Answer(response) => Ok(response),
             Prepared::Send(exchange) => self.forward(exchange, log).await,
@@ -216,6 +237,8 @@ impl Proxy {
 /// A request from the moment it is ready to send until its answer is delivered.
 pub(crate) struct Exchange<'a> {
     pub route: &'a ResolvedRoute,
+    /// The target this request is sent to (a one-target route's only one).
+    pub target: &'a ResolvedTarget,
     pub injector: &'a Injector,
     /// The head as the upstream gets it, before the credential is applied.
     pub head: http::request::Parts,
@@ -226,11 +249,11 @@ pub(crate) struct Exchange<'a> {
     pub translator: Option<translate::Translator<'a>>,
 }
 
-/// The upstream of `route` could not be reached, or its answer not read.
-fn unreachable(route: &ResolvedRoute, cause: String) -> ProxyError {
+/// The upstream of `target` (of `route`) could not be reached, or its answer not read.
+fn unreachable(route: &ResolvedRoute, target: &ResolvedTarget, cause: String) -> ProxyError {
     ProxyError::UpstreamUnreachable {
         route: route.prefix.clone(),
-        upstream: route.upstream_text(),
+        upstream: target.upstream_text(),
         cause: cause.into(),
     }
 }

@@ -1,6 +1,8 @@
 //! Phase 4: the request as the upstream gets it. Client credentials, hop-by-hop headers
 //! and the route's `strip_headers` removed; on a translating route, the Anthropic request
-//! rewritten for the cloud (or answered here: the model list); the upstream URI formed.
+//! rewritten for the target's cloud (or answered here: the model list); the upstream URI
+//! formed. On a route with several targets this runs once per target tried, from the
+//! request as the client sent it.
 //! The credential goes on later, afresh for every attempt ([`super::forward`]).
 
 use bytes::Bytes;
@@ -36,7 +38,7 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut prefix = route.prefix.as_str();
         let mut translator = None;
-        if let Some(translation) = route.translate.as_deref() {
+        if let Some(translation) = target.target.translate.as_deref() {
             let below = match prefix {
                 "/" => head.uri.path(),
                 prefix => &head.uri.path()[prefix.len()..],
@@ -77,6 +79,7 @@ impl Proxy {
         })?;
         Ok(Prepared::Send(Exchange {
             route,
+            target: target.target,
             injector: target.injector,
             head,
             body,

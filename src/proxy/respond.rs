@@ -98,7 +98,6 @@ impl Proxy {
         self.shared.usage.refused(
             &facts,
             error.status().as_u16(),
-            None,
             std::time::SystemTime::now(),
         );
     }

@@ -10,6 +10,7 @@ use http::Uri;
 use http::uri::{InvalidUriParts, PathAndQuery};
 use tokio::sync::Semaphore;
 
+use super::targets::{Registry, RouteHealth};
 use crate::config::ResolvedRoute as Route;
 use crate::upstream::Upstream;
 pub use crate::upstream::unsafe_path;
@@ -27,6 +28,8 @@ pub struct RouteTable {
 pub struct Entry {
     pub route: Route,
     pub slots: Arc<Semaphore>,
+    /// Its targets' health, on a route with several targets.
+    pub health: Option<Arc<RouteHealth>>,
 }
 
 impl RouteTable {
@@ -59,6 +62,7 @@ impl RouteTable {
                 Entry {
                     slots: kept.unwrap_or_else(|| Arc::new(Semaphore::new(route.max_in_flight))),
                     route,
+                    health: None,
                 }
             })
             .collect();
@@ -74,6 +78,14 @@ impl RouteTable {
 
     pub fn prefixes(&self) -> &str {
         &self.prefixes
+    }
+
+    /// Gives each route with several targets its health from `registry` (the routes of
+    /// the listener configured as `listener`).
+    pub fn attach_health(&mut self, registry: &Registry, listener: std::net::SocketAddr) {
+        for entry in &mut self.entries {
+            entry.health = registry.find(listener, &entry.route.prefix).cloned();
+        }
     }
 }
 
@@ -154,6 +166,9 @@ mod tests {
             identity: None,
             translate: None,
             http2: Default::default(),
+            // Only the prefix and upstream are read here.
+            targets: Vec::new(),
+            failover: crate::config::Failover::defaults(1),
         }
     }
 

@@ -2,24 +2,40 @@
 //! route's `groups` for this caller (403), its credential, its upstream (a disabled route
 //! answers 502 with why), and a place among the route's requests in flight (`max_in_flight`;
 //! 503 after `queue_timeout`). The place comes before the body is read: a queued request
-//! holds its connection, not its body.
+//! holds its connection, not its body. A route with several targets chooses its target
+//! later, for each attempt ([`super::failover`]).
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::targets::RouteHealth;
 use super::{Injector, Proxy, ProxyError};
 use crate::callers::Caller;
-use crate::config::ResolvedRoute;
+use crate::config::{ResolvedRoute, ResolvedTarget};
 use crate::telemetry::AccessLog;
 use crate::upstream::Upstream;
 
-/// The route a request takes, with what it needs from it.
+/// Where a request goes: the one target of its route, or a route with several.
+pub(super) enum Chosen<'a> {
+    One(Target<'a>),
+    Several(Several<'a>),
+}
+
+/// The route a request takes and the target it is sent to, with what it needs from them.
 pub(super) struct Target<'a> {
     pub route: &'a ResolvedRoute,
+    pub target: &'a ResolvedTarget,
     pub injector: &'a Injector,
     pub upstream: &'a Upstream,
     /// Held until the answer ends.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// A route with several targets, whose target is chosen for each attempt.
+pub(super) struct Several<'a> {
+    pub route: &'a ResolvedRoute,
+    pub health: &'a RouteHealth,
     pub slot: OwnedSemaphorePermit,
 }
 
@@ -29,7 +45,7 @@ impl Proxy {
         path: &str,
         caller: Option<&Caller>,
         log: &mut AccessLog<'a>,
-    ) -> Result<Target<'a>, ProxyError> {
+    ) -> Result<Chosen<'a>, ProxyError> {
         let entry = self.routes.find(path).ok_or_else(|| ProxyError::NoRoute {
             path: path.chars().take(200).collect(),
             prefixes: self.routes.prefixes().to_string(),
@@ -40,8 +56,22 @@ impl Proxy {
                 .admit_route(caller, &route.prefix, route.groups.as_deref())
                 .map_err(|e| self.caller_error(false, ProxyError::CallerRefused(e)))?;
         }
-        let injector = &self.shared.injectors[route.credential];
         log.route = Some(&route.prefix);
+        if let Some(health) = &entry.health {
+            if let Some(reason) = route.disabled() {
+                return Err(ProxyError::RouteDisabled {
+                    route: route.prefix.clone(),
+                    reason: reason.to_string(),
+                });
+            }
+            let slot = self.slot(route, &entry.slots).await?;
+            return Ok(Chosen::Several(Several {
+                route,
+                health,
+                slot,
+            }));
+        }
+        let injector = &self.shared.injectors[route.credential];
         log.credential = Some(injector.cached.name());
         let upstream = route
             .upstream
@@ -51,12 +81,13 @@ impl Proxy {
                 reason: reason.clone(),
             })?;
         let slot = self.slot(route, &entry.slots).await?;
-        Ok(Target {
+        Ok(Chosen::One(Target {
             route,
+            target: &route.targets[0],
             injector,
             upstream,
             slot,
-        })
+        }))
     }
 
     /// Waits up to `queue_timeout` for one of the route's in-flight slots.

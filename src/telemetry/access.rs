@@ -1,5 +1,6 @@
 //! The access log: one line per request, built from an allow-list of fields (method,
-//! route, path without query, status, attempts, upstream and total milliseconds,
+//! route, path without query, status, attempts, the target that served on a route with
+//! several targets (`served_by`), upstream and total milliseconds,
 //! credential name, caller, body bytes sent, and which side cut an answer short). Headers
 //! are never logged, so no key, token or signature can reach the log through it.
 //!
@@ -47,6 +48,8 @@ pub struct AccessLog<'a> {
     /// Who called (a JWT's `sub` and email, or a static token's name); never the token.
     pub caller: Option<Arc<str>>,
     pub attempts: u32,
+    /// On a route with several targets: the target whose answer the client got.
+    pub served_by: Option<&'a str>,
     pub upstream: Option<Duration>,
     pub error: Option<Side>,
 }
@@ -79,6 +82,7 @@ pub struct Pending {
     credential: Option<String>,
     caller: Option<Arc<str>>,
     attempts: u32,
+    served_by: Option<String>,
     upstream: Option<Duration>,
     error: Option<Side>,
     status: StatusCode,
@@ -95,6 +99,7 @@ impl Pending {
             credential: self.credential.as_deref(),
             caller: self.caller,
             attempts: self.attempts,
+            served_by: self.served_by.as_deref(),
             upstream: self.upstream,
             error: self.error,
         }
@@ -111,6 +116,7 @@ impl<'a> AccessLog<'a> {
             credential: None,
             caller: None,
             attempts: 0,
+            served_by: None,
             upstream: None,
             error: None,
         }
@@ -139,6 +145,7 @@ impl<'a> AccessLog<'a> {
             credential: self.credential.map(str::to_string),
             caller: self.caller,
             attempts: self.attempts,
+            served_by: self.served_by.map(str::to_string),
             upstream: self.upstream,
             error: self.error,
             status,
@@ -154,6 +161,7 @@ impl<'a> AccessLog<'a> {
             path: &path[..path.floor_char_boundary(200)],
             status: status.as_u16(),
             attempts: self.attempts,
+            served_by: self.served_by,
             upstream_ms: self.upstream.map(|d| d.as_secs_f64() * 1000.0),
             total_ms: started.elapsed().as_secs_f64() * 1000.0,
             credential: self.credential.unwrap_or("-"),
@@ -177,6 +185,7 @@ impl<'a> AccessLog<'a> {
                     path,
                     status,
                     attempts,
+                    served_by,
                     upstream_ms,
                     total_ms,
                     credential,
@@ -210,6 +219,7 @@ struct Line<'a> {
     path: &'a str,
     status: u16,
     attempts: u32,
+    served_by: Option<&'a str>,
     upstream_ms: Option<f64>,
     total_ms: f64,
     credential: &'a str,
@@ -229,6 +239,7 @@ impl Line<'_> {
             path = self.path,
             status = self.status,
             attempts = self.attempts,
+            served_by = self.served_by,
             upstream_ms = self.upstream_ms,
             total_ms = self.total_ms,
             credential = self.credential,
@@ -251,6 +262,9 @@ impl Line<'_> {
                     "{time}  INFO credproxy::access: method={} route={:?} path={:?} status={} attempts={}",
                     self.method, self.route, self.path, self.status, self.attempts
                 );
+                if let Some(target) = self.served_by {
+                    let _ = write!(out, " served_by={target:?}");
+                }
                 if let Some(ms) = self.upstream_ms {
                     let _ = write!(out, " upstream_ms={ms:?}");
                 }
@@ -278,6 +292,9 @@ impl Line<'_> {
                 field(out, "path", &self.path);
                 field(out, "status", &self.status);
                 field(out, "attempts", &self.attempts);
+                if let Some(target) = self.served_by {
+                    field(out, "served_by", &target);
+                }
                 if let Some(ms) = self.upstream_ms {
                     field(out, "upstream_ms", &ms);
                 }

@@ -46,6 +46,23 @@ pub struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub route: String,
+    /// The target's `name`, else its index in `targets`.
+    pub target: String,
+    /// `served`, or why it did not serve (`429`, `connect`, `error_event`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub route: String,
+    pub from: String,
+    pub to: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: String,
 }
@@ -117,6 +134,9 @@ pub struct Metrics {
     pub usage_store_errors: Counter,
     /// Usage records not written because the log writer fell behind.
     pub usage_records_dropped: Counter,
+    /// Requests sent to each target of a route with several targets, by outcome.
+    pub target_requests: Family<TargetLabels, Counter>,
+    pub failovers: Family<FailoverLabels, Counter>,
     credentials: Arc<CredentialCells>,
 }
 
@@ -232,6 +252,18 @@ impl Metrics {
             "Usage records not written to [usage] log because the writer fell behind",
             usage_records_dropped.clone(),
         );
+        let target_requests = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "target_requests",
+            "Requests sent to each target of a route with several targets, by outcome (`served`, or why the target did not serve)",
+            target_requests.clone(),
+        );
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Requests passed from one target of a route to the next, by why",
+            failovers.clone(),
+        );
         let credentials = Arc::new(CredentialCells(ArcSwap::from_pointee(Vec::new())));
         registry.register_collector(Box::new(Arc::clone(&credentials)));
         Metrics {
@@ -251,6 +283,8 @@ impl Metrics {
             quota_rejections,
             usage_store_errors,
             usage_records_dropped,
+            target_requests,
+            failovers,
             credentials,
         }
     }

@@ -164,7 +164,28 @@ impl Series {
         if self.month.0 != month {
             self.month = (month, Totals::default());
         }
-        self.minute.iter().all(|(_, t)| t.is_zero()) && self.month.1.is_zero()
+        if self.minute.iter().all(|(_, t)| t.is_zero()) {
+            // A ring is 60 slots: a scope idle for a minute gives it back.
+            self.minute = Vec::new();
+        }
+        self.minute.is_empty() && self.month.1.is_zero()
+    }
+
+    /// Whether nothing at all is counted (in any window, of any age).
+    pub fn is_empty(&self) -> bool {
+        self.minute.iter().all(|(_, t)| t.is_zero())
+            && self.day.1.is_zero()
+            && self.month.1.is_zero()
+    }
+
+    /// The day's and month's counts without the minute's seconds (what the state file
+    /// keeps).
+    pub fn calendar(&self) -> Series {
+        Series {
+            minute: Vec::new(),
+            day: self.day,
+            month: self.month,
+        }
     }
 
     /// Takes the counts made since the last take (to send them to a shared store),

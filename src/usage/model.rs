@@ -16,26 +16,75 @@ const BEDROCK_OPERATIONS: &[&str] = &[
 /// Vertex's: `.../models/{model}:{method}`.
 const VERTEX_METHODS: &[&str] = &["rawPredict", "streamRawPredict"];
 
-/// Only the top-level `model` is read; the rest of the body is skipped, not kept.
-#[derive(serde::Deserialize)]
-struct Body<'a> {
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
-}
-
 /// The model a request asks for: the JSON body's "model", else from the path: Bedrock
 /// `/model/{id}/invoke`, `/invoke-with-response-stream`, `/converse`, `/converse-stream`
 /// (id percent-decoded, e.g. ARNs / inference profiles), Vertex
 /// `.../publishers/anthropic/models/{model}:rawPredict|:streamRawPredict`,
 /// Foundry/Azure OpenAI `/openai/deployments/{name}/...`.
 pub fn of_request(path: &str, body: &[u8]) -> Option<String> {
-    let named = serde_json::from_slice::<Body>(body)
-        .ok()
-        .and_then(|b| b.model)
-        .filter(|m| !m.is_empty());
+    let named = top_level_string(body, b"model").filter(|m| !m.is_empty());
     match named {
         Some(model) => Some(model.into_owned()),
         None => of_path(path),
+    }
+}
+
+/// The string value of the top-level member `key` of the JSON object `json`, found
+/// without parsing the rest: strings (the bulk of a request: its messages) are skipped
+/// with memchr, nested values by counting brackets. A request body is read on every
+/// model request, so this is the hot path's cheapest way to its `model` (a full parse of
+/// an 8 KiB body costs several microseconds).
+fn top_level_string<'a>(json: &'a [u8], key: &[u8]) -> Option<Cow<'a, str>> {
+    let mut i = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json[i] != b'{' {
+        return None;
+    }
+    i += 1;
+    let (mut depth, mut at_key, mut wanted) = (1usize, true, false);
+    while let Some(&byte) = json.get(i) {
+        match byte {
+            b'"' => {
+                let end = string_end(json, i + 1)?;
+                if depth == 1 && at_key {
+                    wanted = &json[i + 1..end] == key;
+                    at_key = false;
+                } else if depth == 1 && wanted {
+                    return serde_json::from_slice(&json[i..=end]).ok();
+                }
+                i = end + 1;
+            }
+            b'{' | b'[' if depth == 1 && wanted => return None,
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+                i += 1;
+            }
+            b',' => {
+                if depth == 1 {
+                    (at_key, wanted) = (true, false);
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index of the quote that closes the string whose contents start at `from`.
+fn string_end(json: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', json.get(from..)?)?;
+        if json[at] == b'"' {
+            return Some(at);
+        }
+        from = at + 2;
     }
 }
 
@@ -64,6 +113,26 @@ fn of_path(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scanner_skips_escapes_nesting_and_other_members() {
+        let body = br#" { "messages": [{"content": "a \" quote and a \\"}, {"model": "nested"}],
+            "system": "say \"model\": \"x\"", "model" : "claude-\u0061", "stream": true }"#;
+        assert_eq!(
+            top_level_string(body, b"model").as_deref(),
+            Some("claude-a")
+        );
+        assert_eq!(top_level_string(br#"{"model": 7}"#, b"model"), None);
+        assert_eq!(
+            top_level_string(br#"{"model": {"id": "x"}}"#, b"model"),
+            None
+        );
+        assert_eq!(top_level_string(br#"["model", "x"]"#, b"model"), None);
+        assert_eq!(
+            top_level_string(br#"{"model": "unterminated"#, b"model"),
+            None
+        );
+    }
 
     #[test]
     fn the_bodys_model_comes_first() {

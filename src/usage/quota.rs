@@ -24,6 +24,8 @@ pub struct Spent {
     pub quota: String,
     pub limit: String,
     pub frees_in: Duration,
+    /// Not spent yet: what is left is held by requests in flight, and frees when they end.
+    pub in_flight: bool,
 }
 
 /// The windows of `quotas` that `facts` falls under.
@@ -90,7 +92,9 @@ pub struct Use {
 }
 
 /// Checks one window of `quota` against its use at `second`; `minute_frees_in` tells
-/// when a per-minute limit frees (it needs the per-second counts).
+/// when a per-minute limit frees (it needs the per-second counts). A window that only
+/// requests in flight fill (their reservations) frees when one of them ends: the wait
+/// said is a second, not the window's end.
 pub fn check(
     quota: &Quota,
     used: &Use,
@@ -98,52 +102,73 @@ pub fn check(
     minute_frees_in: impl Fn(u64, fn(&Totals) -> u64) -> u64,
 ) -> Result<(), Spent> {
     let limits = &quota.limits;
-    let spent = |limit: String, frees_in: Duration| Spent {
+    let spent = |limit: String, frees_in: Duration, in_flight: bool| Spent {
         quota: quota.name.clone(),
         limit,
         frees_in,
+        in_flight,
     };
+    let held = Duration::from_secs(1);
     if let Some(limit) = limits.requests_per_minute
         && used.minute.requests >= limit
     {
         let wait = minute_frees_in(limit, |t| t.requests);
-        return Err(spent(
-            format!("{limit} requests per minute"),
-            Duration::from_secs(wait),
-        ));
+        let text = format!("{limit} requests per minute");
+        return Err(spent(text, Duration::from_secs(wait), false));
     }
-    if let Some(limit) = limits.tokens_per_minute
-        && used.minute.tokens() + used.reserved_tokens >= limit
-    {
-        let wait = minute_frees_in(limit.saturating_sub(used.reserved_tokens), Totals::tokens);
-        return Err(spent(
-            format!("{limit} tokens per minute"),
-            Duration::from_secs(wait),
-        ));
+    let tokens = |t: &Totals| t.tokens();
+    let windows = [
+        (
+            limits.tokens_per_minute,
+            tokens(&used.minute),
+            Window::Minute,
+        ),
+        (limits.tokens_per_day, tokens(&used.day), Window::Day),
+    ];
+    for (limit, committed, window) in windows {
+        let Some(limit) = limit else { continue };
+        if committed + used.reserved_tokens < limit {
+            continue;
+        }
+        let (text, wait) = match window {
+            Window::Minute => (
+                format!("{limit} tokens per minute"),
+                Duration::from_secs(minute_frees_in(limit, Totals::tokens)),
+            ),
+            _ => (
+                format!("{limit} tokens per day (UTC)"),
+                window::until_next_day(second),
+            ),
+        };
+        return Err(match committed >= limit {
+            true => spent(text, wait, false),
+            false => spent(text, held, true),
+        });
     }
-    if let Some(limit) = limits.tokens_per_day
-        && used.day.tokens() + used.reserved_tokens >= limit
-    {
-        return Err(spent(
-            format!("{limit} tokens per day (UTC)"),
+    let spend = [
+        (
+            limits.spend_per_day,
+            used.day.cost_usd,
+            "day",
             window::until_next_day(second),
-        ));
-    }
-    if let Some(limit) = limits.spend_per_day
-        && used.day.cost_usd + used.reserved_cost >= limit
-    {
-        return Err(spent(
-            format!("${limit} per day (UTC)"),
-            window::until_next_day(second),
-        ));
-    }
-    if let Some(limit) = limits.spend_per_month
-        && used.month.cost_usd + used.reserved_cost >= limit
-    {
-        return Err(spent(
-            format!("${limit} per month (UTC)"),
+        ),
+        (
+            limits.spend_per_month,
+            used.month.cost_usd,
+            "month",
             window::until_next_month(second),
-        ));
+        ),
+    ];
+    for (limit, committed, name, wait) in spend {
+        let Some(limit) = limit else { continue };
+        if committed + used.reserved_cost < limit {
+            continue;
+        }
+        let text = format!("${limit} per {name} (UTC)");
+        return Err(match committed >= limit {
+            true => spent(text, wait, false),
+            false => spent(text, held, true),
+        });
     }
     Ok(())
 }
@@ -188,6 +213,41 @@ mod tests {
             route: "/anthropic".into(),
             model: model.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_window_only_reservations_fill_frees_in_a_second_and_a_spent_one_at_its_end() {
+        let mut daily = quota(Per::Caller, None, None);
+        daily.limits = QuotaLimits {
+            tokens_per_day: Some(1000),
+            ..Default::default()
+        };
+        let used = |committed: u64, reserved: u64| Use {
+            minute: Totals::default(),
+            day: Totals {
+                input_tokens: committed,
+                ..Totals::default()
+            },
+            month: Totals::default(),
+            reserved_tokens: reserved,
+            reserved_cost: 0.0,
+        };
+        let noon = 86_400 * 20_000 + 43_200;
+        let never = |_: u64, _: fn(&Totals) -> u64| 60;
+        assert!(
+            check(&daily, &used(999, 0), noon, never).is_ok(),
+            "below: admitted"
+        );
+        let full = check(&daily, &used(1000, 0), noon, never).unwrap_err();
+        assert!(!full.in_flight);
+        assert_eq!(
+            full.frees_in.as_secs(),
+            43_200,
+            "at the limit: until midnight"
+        );
+        let held = check(&daily, &used(600, 400), noon, never).unwrap_err();
+        assert!(held.in_flight, "only reservations fill it");
+        assert_eq!(held.frees_in.as_secs(), 1);
     }
 
     #[test]

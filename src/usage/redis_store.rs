@@ -1,15 +1,16 @@
 //! The shared store for replicas: Redis or Valkey (`[usage] store = "redis://..."`). Every
-//! instance adds its counts with atomic increments and reads back the totals of the
-//! windows its quotas watch, in one pipelined round trip every quarter second — never on
-//! a request's path.
+//! quarter second each instance applies its counts as one batch (a Lua script: atomic,
+//! and applied once even when sent twice) and reads back the windows its quotas watch in
+//! one pipelined round trip — never on a request's path.
 //!
 //! Keys: `credproxy:usage:d:DAY:SCOPE` and `credproxy:usage:m:MONTH:SCOPE` (hashes of the
-//! [`Totals`] fields; kept 40 and 400 days), and `credproxy:usage:s:SECOND:SCOPE` for the
-//! sliding minute (kept two minutes).
+//! [`Totals`] fields; kept 40 and 400 days), `credproxy:usage:s:SECOND:SCOPE` for the
+//! sliding minute (kept two minutes), `credproxy:usage:subjects:d:DAY` and `...:m:MONTH`
+//! (the quota subjects charged, so every instance watches them), and
+//! `credproxy:usage:batch:ID` (a batch applied, kept ten minutes).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,25 +26,46 @@ const DAY_TTL: i64 = 40 * 86_400;
 const MONTH_TTL: i64 = 400 * 86_400;
 const SECOND_TTL: i64 = 120;
 
-/// The shared windows of one scope as the store last said.
+/// The shared windows of one scope as the store last said, and when.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Remote {
+    /// The second the store was read.
+    pub at: u64,
+    /// The sliding minute as of `at`.
     pub minute: Totals,
     pub day: (u32, Totals),
     pub month: (u32, Totals),
 }
 
+impl Remote {
+    /// What the store said for `window`, if it still applies at `second`: the minute
+    /// read less than a minute ago, today's day, this month.
+    pub fn in_window(&self, window: Window, second: u64) -> Totals {
+        let day = window::day_of(second);
+        match window {
+            Window::Minute if self.at + 60 > second => self.minute,
+            Window::Day if self.day.0 == day => self.day.1,
+            Window::Month if self.month.0 == window::month_of_day(day) => self.month.1,
+            _ => Totals::default(),
+        }
+    }
+}
+
+/// A quota subject whose shared windows are read back, and whether its quota has a
+/// per-minute limit (else its minute is not read).
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub scope: Scope,
+    pub minute: bool,
+}
+
 /// A connection (re-established as needed) to the shared store.
 pub struct RedisStore {
     connection: ConnectionManager,
-    /// Adds fields to one hash and sets its expiry: KEYS[1], ARGV = ttl, field, value, ...
-    add: Script,
-    /// Sums the hashes KEYS (a minute's seconds) field by field.
-    sum: Script,
+    /// [`APPLY`].
+    apply: Script,
     /// The URL without its password, for messages.
     shown: String,
-    /// Whether the scripts are known to be on the server.
-    loaded: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -54,33 +76,35 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-const ADD: &str = r"
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
-  if ARGV[i] == 'cost_usd' then
-    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+/// Applies one batch of counts, once: ARGV[1] is the batch's key (set for ten minutes,
+/// so a batch sent again after a lost answer changes nothing), then entries of four or
+/// more values: `H key ttl n field value ...` adds to a hash, `S key ttl member` adds to a
+/// set; every key gets its expiry.
+const APPLY: &str = r"
+if not redis.call('SET', ARGV[1], '1', 'NX', 'EX', 600) then
+  return 0
+end
+local i = 2
+while i <= #ARGV do
+  local kind, key, ttl = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if kind == 'H' then
+    local n = tonumber(ARGV[i + 3])
+    i = i + 4
+    for _ = 1, n do
+      if ARGV[i] == 'cost_usd' then
+        redis.call('HINCRBYFLOAT', key, ARGV[i], ARGV[i + 1])
+      else
+        redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+      end
+      i = i + 2
+    end
   else
-    redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('SADD', key, ARGV[i + 3])
+    i = i + 4
   end
+  redis.call('EXPIRE', key, ttl)
 end
-redis.call('EXPIRE', KEYS[1], ttl)
 return 1
-";
-
-const SUM: &str = r"
-local sums = {}
-for _, key in ipairs(KEYS) do
-  local fields = redis.call('HGETALL', key)
-  for i = 1, #fields, 2 do
-    sums[fields[i]] = (sums[fields[i]] or 0) + tonumber(fields[i + 1])
-  end
-end
-local flat = {}
-for k, v in pairs(sums) do
-  table.insert(flat, k)
-  table.insert(flat, tostring(v))
-end
-return flat
 ";
 
 impl RedisStore {
@@ -112,10 +136,8 @@ impl RedisStore {
             .map_err(|e| format!("[usage] store {shown}: {e}"))?;
         Ok(RedisStore {
             connection,
-            add: Script::new(ADD),
-            sum: Script::new(SUM),
+            apply: Script::new(APPLY),
             shown,
-            loaded: AtomicBool::new(false),
         })
     }
 
@@ -123,73 +145,102 @@ impl RedisStore {
         &self.shown
     }
 
-    /// Adds `deltas` (counts made here since the last exchange) and reads the shared
-    /// windows of `watched`, in one round trip.
-    pub async fn exchange(
+    /// Applies one batch of counts (made here since the last exchange), once: `batch`
+    /// names it, and a batch sent again under the same name changes nothing. Quota
+    /// subjects are also listed for the day and month, so that every instance watches
+    /// the subjects any instance charged.
+    pub async fn apply(
         &self,
+        batch: &str,
         deltas: &[(Scope, Series)],
-        watched: &[Scope],
-        second: u64,
-    ) -> Result<Vec<Remote>, redis::RedisError> {
-        let mut pipe = redis::pipe();
+    ) -> Result<(), redis::RedisError> {
+        let mut apply = self.apply.prepare_invoke();
+        apply.arg(format!("{PREFIX}:batch:{batch}"));
+        let mut hash = |key: String, ttl: i64, totals: &Totals| {
+            let fields = fields(totals);
+            apply.arg("H").arg(key).arg(ttl).arg(fields.len());
+            for (field, value) in fields {
+                apply.arg(field).arg(value);
+            }
+        };
         for (scope, series) in deltas {
             if !series.day.1.is_zero() {
-                self.push_add(
-                    &mut pipe,
-                    &day_key(series.day.0, scope),
-                    DAY_TTL,
-                    &series.day.1,
-                );
+                hash(day_key(series.day.0, scope), DAY_TTL, &series.day.1);
             }
             if !series.month.1.is_zero() {
-                let key = month_key(series.month.0, scope);
-                self.push_add(&mut pipe, &key, MONTH_TTL, &series.month.1);
+                hash(month_key(series.month.0, scope), MONTH_TTL, &series.month.1);
             }
             for (at, totals) in series.seconds() {
-                self.push_add(&mut pipe, &second_key(*at, scope), SECOND_TTL, totals);
+                hash(second_key(*at, scope), SECOND_TTL, totals);
             }
         }
-        let day = window::day_of(second);
-        let month = window::month_of_day(day);
-        for scope in watched {
-            pipe.hgetall(day_key(day, scope));
-            pipe.hgetall(month_key(month, scope));
-            let mut sum = self.sum.prepare_invoke();
-            for at in second.saturating_sub(59)..=second {
-                sum.key(second_key(at, scope));
+        for (scope, series) in deltas {
+            if scope.quota_name().is_some() {
+                let (day, month) = (series.day.0, series.month.0);
+                apply
+                    .arg("S")
+                    .arg(subjects_key("d", day))
+                    .arg(2 * 86_400)
+                    .arg(scope.as_str());
+                apply
+                    .arg("S")
+                    .arg(subjects_key("m", month))
+                    .arg(MONTH_TTL)
+                    .arg(scope.as_str());
             }
-            pipe.invoke_script(&sum);
         }
         let mut connection = self.connection.clone();
-        // EVALSHA in a pipeline needs the scripts on the server: loaded on the first
-        // exchange and after any failure (a restarted server has lost them).
-        if !self.loaded.load(Ordering::Relaxed) {
-            self.add.load_async(&mut connection).await?;
-            self.sum.load_async(&mut connection).await?;
-            self.loaded.store(true, Ordering::Relaxed);
-        }
-        let replies: Vec<redis::Value> = pipe
-            .query_async(&mut connection)
-            .await
-            .inspect_err(|_| self.loaded.store(false, Ordering::Relaxed))?;
-        let reads = &replies[replies.len() - watched.len() * 3..];
-        Ok(reads
-            .chunks(3)
-            .map(|three| Remote {
-                day: (day, totals(&three[0])),
-                month: (month, totals(&three[1])),
-                minute: totals(&three[2]),
-            })
-            .collect())
+        let _applied: i64 = apply.invoke_async(&mut connection).await?;
+        Ok(())
     }
 
-    fn push_add(&self, pipe: &mut redis::Pipeline, key: &str, ttl: i64, totals: &Totals) {
-        let mut add = self.add.prepare_invoke();
-        add.key(key).arg(ttl);
-        for (field, value) in fields(totals) {
-            add.arg(field).arg(value);
+    /// The shared windows of `watched` as of `second`, and the quota subjects charged
+    /// today or this month (by any instance), in one round trip.
+    pub async fn read(
+        &self,
+        watched: &[Watched],
+        second: u64,
+    ) -> Result<(Vec<Remote>, Vec<Scope>), redis::RedisError> {
+        let day = window::day_of(second);
+        let month = window::month_of_day(day);
+        let mut pipe = redis::pipe();
+        pipe.smembers(subjects_key("d", day));
+        pipe.smembers(subjects_key("m", month));
+        for watch in watched {
+            pipe.hgetall(day_key(day, &watch.scope));
+            pipe.hgetall(month_key(month, &watch.scope));
+            if watch.minute {
+                for at in second.saturating_sub(59)..=second {
+                    pipe.hgetall(second_key(at, &watch.scope));
+                }
+            }
         }
-        pipe.invoke_script(&add);
+        let mut connection = self.connection.clone();
+        let replies: Vec<redis::Value> = pipe.query_async(&mut connection).await?;
+        let mut replies = replies.iter();
+        let mut subjects: Vec<Scope> = Vec::new();
+        for set in replies.by_ref().take(2) {
+            if let redis::Value::Array(members) | redis::Value::Set(members) = set {
+                subjects.extend(members.iter().filter_map(text).map(Scope::from));
+            }
+        }
+        let mut remotes = Vec::with_capacity(watched.len());
+        for watch in watched {
+            let mut next = || replies.next().ok_or_else(short_reply);
+            let mut remote = Remote {
+                at: second,
+                day: (day, totals(next()?)),
+                month: (month, totals(next()?)),
+                minute: Totals::default(),
+            };
+            if watch.minute {
+                for _ in 0..60 {
+                    remote.minute.add(&totals(next()?));
+                }
+            }
+            remotes.push(remote);
+        }
+        Ok((remotes, subjects))
     }
 
     /// Every scope's totals in `window` (all instances together), for `/usage`.
@@ -247,6 +298,17 @@ fn day_key(day: u32, scope: &Scope) -> String {
 
 fn month_key(month: u32, scope: &Scope) -> String {
     format!("{PREFIX}:m:{month}:{scope}")
+}
+
+fn subjects_key(kind: &str, number: u32) -> String {
+    format!("{PREFIX}:subjects:{kind}:{number}")
+}
+
+fn short_reply() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "the usage store answered fewer replies than asked",
+    ))
 }
 
 fn second_key(second: u64, scope: &Scope) -> String {
@@ -324,5 +386,45 @@ fn shown(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://**{}", &url[at..]),
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_shown_without_its_password() {
+        assert_eq!(
+            shown("redis://:s3cret@redis.internal:6379/0"),
+            "redis://**@redis.internal:6379/0"
+        );
+        assert_eq!(
+            shown("rediss://user:p@ss@host:6380/1"),
+            "rediss://**@host:6380/1"
+        );
+        assert_eq!(
+            shown("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
+
+    #[test]
+    fn a_remote_minute_older_than_a_minute_counts_for_nothing() {
+        let counted = Totals {
+            requests: 5,
+            ..Totals::default()
+        };
+        let second = 86_400 * 20_000 + 100;
+        let remote = Remote {
+            at: second,
+            minute: counted,
+            day: (window::day_of(second), counted),
+            month: (window::month_of_day(window::day_of(second)), counted),
+        };
+        assert_eq!(remote.in_window(Window::Minute, second + 59).requests, 5);
+        assert_eq!(remote.in_window(Window::Minute, second + 60).requests, 0);
+        assert_eq!(remote.in_window(Window::Day, second + 60).requests, 5);
+        assert_eq!(remote.in_window(Window::Day, second + 86_400).requests, 0);
     }
 }

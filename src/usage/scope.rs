@@ -27,6 +27,11 @@ impl Scope {
         &self.0
     }
 
+    /// The quota of a quota subject's scope (`quota=NAME/...`).
+    pub fn quota_name(&self) -> Option<&str> {
+        self.0.strip_prefix("quota=")?.split('/').next()
+    }
+
     /// (dimension, value) of a report scope such as `caller=alice`; a tag's breakdown
     /// (`tag=run/model=m`) gives (`model`, `m`) with its tag apart.
     pub fn split(&self) -> Option<(Option<&str>, &str, &str)> {
@@ -58,12 +63,13 @@ pub struct Facts {
 }
 
 impl Facts {
-    /// The report scopes an answered request is counted in.
-    pub fn report_scopes(&self) -> Vec<Scope> {
+    /// The report scopes an answered request is counted in; `model` as reports name it
+    /// (bounded: see the ledger).
+    pub fn report_scopes(&self, model: &str) -> Vec<Scope> {
         let mut plain = vec![
             format!("caller={}", self.caller),
             format!("route={}", self.route),
-            format!("model={}", self.model.as_deref().unwrap_or("unknown")),
+            format!("model={model}"),
         ];
         plain.extend(self.groups.iter().map(|g| format!("group={g}")));
         let mut scopes: Vec<Scope> = Vec::with_capacity(plain.len() * 2 + 1);
@@ -90,7 +96,7 @@ mod tests {
             model: Some("m".into()),
         };
         let scopes: Vec<String> = facts
-            .report_scopes()
+            .report_scopes("m")
             .iter()
             .map(|s| s.to_string())
             .collect();

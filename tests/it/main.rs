@@ -7,6 +7,7 @@ mod azure;
 mod callers;
 mod cli;
 mod egress;
+mod failover;
 mod google;
 mod hardening;
 mod http2;

@@ -193,7 +193,10 @@ async fn every_answer_shape_gets_one_record_with_tokens_cost_and_who() {
     assert_eq!(run["total"]["requests"], 4, "{run}");
     assert_eq!(run["total"]["input_tokens"], 300, "{run}");
     assert_eq!(run["total"]["unknown_tokens"], 1, "{run}");
-    assert_eq!(run["by"]["model"][MODEL]["requests"], 4, "{run}");
+    // The answer without usage names no model (a model name is the client's to choose;
+    // only those that answered are named).
+    assert_eq!(run["by"]["model"][MODEL]["requests"], 3, "{run}");
+    assert_eq!(run["by"]["model"]["unknown"]["requests"], 1, "{run}");
     let all = admin_json(&proxy, "/usage").await;
     assert_eq!(all["total"]["requests"], 5, "{all}");
     assert_eq!(all["by"]["tag"]["bench-run-7"]["requests"], 4, "{all}");
@@ -263,8 +266,8 @@ async fn an_abandoned_stream_is_counted_up_to_where_the_client_left() {
 async fn a_quota_refuses_at_exactly_its_limit_and_nothing_reaches_the_upstream() {
     let upstream = anthropic().await;
     let scratch = Scratch::new();
-    // Each answer is 130 tokens (input + output + cache write): the requests find 0, 130,
-    // 260 and 390 used, below 400, and are admitted; the fifth finds 520.
+    // Each answer is 130 tokens (input + output + cache write): the requests find 0, 130
+    // and 260 used, below 390, and are admitted; the fourth finds 390, exactly the limit.
     let quotas = r#"
 [usage]
 log = "usage.jsonl"
@@ -275,10 +278,10 @@ requests_per_minute = 6
 
 [[quotas]]
 name = "tokens-today"
-tokens_per_day = 400
+tokens_per_day = 390
 "#;
     let proxy = credproxy(&scratch, &usage_config(&upstream.url(), quotas)).start();
-    for n in 1..=4 {
+    for n in 1..=3 {
         let answer = post_model(&proxy.url("/v1/json"), &[]).await;
         assert_eq!(answer.status, 200, "request {n}: {}", answer.text());
     }
@@ -287,7 +290,7 @@ tokens_per_day = 400
     let (kind, message) = refused.error();
     assert_eq!(kind, "rate_limit_error");
     assert!(
-        message.contains("tokens-today") && message.contains("400 tokens per day"),
+        message.contains("tokens-today") && message.contains("390 tokens per day"),
         "{message}"
     );
     assert_eq!(refused.headers["x-credproxy-quota"], "tokens-today");
@@ -297,14 +300,15 @@ tokens_per_day = 400
         .parse()
         .unwrap();
     assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.headers["x-should-retry"], "false", "a day's quota");
     assert_eq!(
         upstream.count(),
-        4,
+        3,
         "the refused request never reached the upstream"
     );
-    let records = records(&scratch, 5).await;
-    assert_eq!(records[4]["status"], 429);
-    assert_eq!(records[4]["quota"], "tokens-today");
+    let records = records(&scratch, 4).await;
+    assert_eq!(records[3]["status"], 429);
+    assert_eq!(records[3]["quota"], "tokens-today");
     let metrics = get(&proxy.admin_url("/metrics").await).await.text();
     assert!(
         metrics.contains("credproxy_quota_rejections_total{quota=\"tokens-today\"} 1"),
@@ -441,6 +445,9 @@ async fn a_bad_tag_is_refused_with_what_to_write() {
     assert_eq!(upstream.count(), 0);
 }
 
+/// The test server's password: it must appear in no output of credproxy's.
+const REDIS_PASSWORD: &str = "s3cret-redis-pass";
+
 /// A `redis-server` of its own on a free loopback port, stopped when dropped.
 struct RedisServer {
     child: Option<Child>,
@@ -463,6 +470,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", REDIS_PASSWORD])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -484,7 +492,7 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0", self.port)
     }
 
     fn stop(&mut self) {
@@ -513,7 +521,7 @@ async fn two_instances_share_a_budget_through_redis_and_survive_its_restart() {
         redis.url()
     );
     let config = usage_config(&upstream.url(), &extra);
-    let a = credproxy(&one, &config).start();
+    let a = credproxy(&one, &config).arg("--log-level=trace").start();
     let b = credproxy(&two, &config).start();
     for _ in 0..3 {
         assert_eq!(post_model(&a.url("/v1/json"), &[]).await.status, 200);
@@ -521,6 +529,8 @@ async fn two_instances_share_a_budget_through_redis_and_survive_its_restart() {
     // Within a second, B sees A's three: one more is admitted there, then none.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(post_model(&b.url("/v1/json"), &[]).await.status, 200);
+    let full = post_model(&b.url("/v1/json"), &[]).await;
+    assert_eq!(full.status, 429, "B must count A's three: {}", full.text());
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let refused = post_model(&a.url("/v1/json"), &[]).await;
     assert_eq!(
@@ -549,6 +559,12 @@ async fn two_instances_share_a_budget_through_redis_and_survive_its_restart() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let after = admin_json(&c, "/usage").await;
     assert_eq!(after["total"]["requests"], 2, "{after}");
+    for (name, output) in [("A", a.output()), ("B", b.output()), ("C", c.output())] {
+        assert!(
+            !output.contains(REDIS_PASSWORD),
+            "{name} printed the store's password:\n{output}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -679,9 +695,16 @@ async fn deny_answers_503_naming_the_store_while_it_cannot_be_reached() {
     let (kind, message) = answer.error();
     assert_eq!(kind, "overloaded_error");
     assert!(
-        message.contains(&format!("redis://127.0.0.1:{nobody}/0")) && message.contains("deny"),
+        message.contains("usage store") && message.contains("deny"),
         "{message}"
     );
+    assert!(
+        !message.contains("127.0.0.1"),
+        "the store's address is not the caller's business"
+    );
+    let ready = get(&proxy.admin_url("/readyz").await).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("usage store"), "{}", ready.text());
     assert_eq!(upstream.count(), 0);
     let status = admin_json(&proxy, "/status").await;
     assert_eq!(status["usage"]["store"], "redis", "{status}");
@@ -767,10 +790,35 @@ async fn openai_converse_and_compressed_shapes_are_counted_through_the_proxy() {
         .map(|k| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}")))
     };
     assert_eq!(records[0]["model"], "gpt-4o");
-    assert_eq!(tokens(&records[0]), [30, 6, 0, 10], "OpenAI: {}", records[0]);
+    assert_eq!(
+        tokens(&records[0]),
+        [30, 6, 0, 10],
+        "OpenAI: {}",
+        records[0]
+    );
     assert_eq!(records[1]["model"], "amazon.nova-pro-v1:0");
-    assert_eq!(tokens(&records[1]), [12, 4, 0, 0], "Converse: {}", records[1]);
-    assert_eq!(tokens(&records[2]), [21, 8, 1, 2], "ConverseStream: {}", records[2]);
-    assert_eq!(tokens(&records[3]), [100, 42, 0, 0], "brotli SSE: {}", records[3]);
-    assert_eq!(tokens(&records[4]), [100, 10, 20, 50], "deflate JSON: {}", records[4]);
+    assert_eq!(
+        tokens(&records[1]),
+        [12, 4, 0, 0],
+        "Converse: {}",
+        records[1]
+    );
+    assert_eq!(
+        tokens(&records[2]),
+        [21, 8, 1, 2],
+        "ConverseStream: {}",
+        records[2]
+    );
+    assert_eq!(
+        tokens(&records[3]),
+        [100, 42, 0, 0],
+        "brotli SSE: {}",
+        records[3]
+    );
+    assert_eq!(
+        tokens(&records[4]),
+        [100, 10, 20, 50],
+        "deflate JSON: {}",
+        records[4]
+    );
 }

@@ -113,6 +113,91 @@ fn example_config_is_valid() {
 }
 
 #[test]
+fn targets_inherit_the_routes_per_upstream_keys_unless_they_set_their_own() {
+    let text = r#"
+[credentials.a]
+kind = "api_key"
+value = "a"
+[credentials.b]
+kind = "api_key"
+value = "b"
+[[routes]]
+prefix = "/"
+upstream_http2 = "never"
+stream_idle_timeout = "30s"
+strategy = "spread"
+max_cooldown = "2m"
+targets = [
+  { upstream = "https://one.example", credential = "a" },
+  { upstream = "https://two.example", credential = "b", upstream_http2 = "always", stream_idle_timeout = "5s", weight = 3, name = "two" },
+]
+"#;
+    let config = parse(text).unwrap();
+    let route = &config.listeners[0].routes[0];
+    let [one, two] = &route.targets[..] else {
+        panic!("two targets: {:?}", route.targets);
+    };
+    assert_eq!(
+        (one.http2, one.stream_idle_timeout),
+        (crate::config::Http2::Never, Some(Duration::from_secs(30)))
+    );
+    assert_eq!((one.weight, one.name.as_deref()), (1, None));
+    assert_eq!(
+        (two.http2, two.stream_idle_timeout),
+        (crate::config::Http2::Always, Some(Duration::from_secs(5)))
+    );
+    assert_eq!(
+        (two.weight, two.name.as_deref(), two.credential),
+        (3, Some("two"), 1)
+    );
+    assert_eq!(route.failover.strategy, crate::config::Strategy::Spread);
+    assert_eq!(route.failover.max_attempts, 2, "all targets, up to 3");
+    assert_eq!(route.failover.max_cooldown, Duration::from_secs(120));
+    // The route's own fields are its first target's.
+    assert_eq!(route.credential, 0);
+    let resolved = resolve(config, &[]);
+    let route = resolved.routes().next().unwrap().1;
+    let names: Vec<&str> = route.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["0", "two"]);
+    // The one-target form is one target with the defaults.
+    let one = parse("[credentials.a]\nkind = \"api_key\"\nvalue = \"a\"\n[[routes]]\nprefix = \"/\"\nupstream = \"https://one.example\"\ncredential = \"a\"\n").unwrap();
+    let route = &one.listeners[0].routes[0];
+    assert_eq!(route.targets.len(), 1);
+    assert_eq!(route.failover, crate::config::Failover::defaults(1));
+}
+
+#[test]
+fn target_names_are_header_safe_and_distinct() {
+    let text = r#"
+[credentials.a]
+kind = "api_key"
+value = "a"
+[[routes]]
+prefix = "/"
+targets = [
+  { upstream = "https://one.example", credential = "a", name = "1" },
+  { upstream = "https://two.example", credential = "a" },
+  { upstream = "https://three.example", credential = "a", name = "key b" },
+]
+"#;
+    let found = problems(text);
+    let messages: Vec<&str> = found.iter().map(|p| p.message.as_str()).collect();
+    assert!(
+        messages.contains(&"two targets of this route are called `1`"),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&"`key b` is not a target name"),
+        "{messages:?}"
+    );
+    let empty = problems(
+        "[credentials.a]\nkind = \"api_key\"\nvalue = \"a\"\n[[routes]]\nprefix = \"/\"\ntargets = []\n",
+    );
+    assert_eq!(empty[0].message, "`targets` lists 0 targets", "{empty:?}");
+    assert_eq!((empty[0].line, empty[0].column), (6, 11), "{empty:?}");
+}
+
+#[test]
 fn workers_default_to_one_per_cpu_and_take_a_count() {
     let base = "[credentials.a]\nkind = \"api_key\"\nenv = \"K\"\n[[routes]]\nprefix = \"/\"\nupstream = \"https://api.anthropic.com\"\ncredential = \"a\"\n";
     assert_eq!(parse(base).unwrap().workers, 0, "0: one per CPU");
@@ -142,6 +227,17 @@ fn gateway_example_is_valid() {
     assert!(config.tls.is_some());
     let callers = config.callers.unwrap();
     assert!(callers.jwt.is_some() && !callers.tokens.is_empty());
+}
+
+#[test]
+fn failover_example_is_valid() {
+    let text = include_str!("../../../examples/failover.toml");
+    let config = Config::parse(text, ConfigOrigin::File(PathBuf::from("failover.toml")))
+        .unwrap_or_else(|e| panic!("examples/failover.toml is invalid:\n{e}"));
+    let routes = &config.listeners[0].routes;
+    assert_eq!(routes[0].targets.len(), 3);
+    assert_eq!(routes[1].failover.strategy, crate::config::Strategy::Spread);
+    assert_eq!(routes[1].targets[2].weight, 2);
 }
 
 #[test]
