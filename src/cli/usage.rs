@@ -28,6 +28,11 @@ pub enum WindowArg {
 }
 
 pub async fn run(resolved: &Resolved, by: By, tag: Option<&str>, window: WindowArg) -> ExitCode {
+    if by == By::Tag && tag.is_some() {
+        return super::failed(
+            "`--tag` already keeps one tag's requests: break them down with `--by caller`, `group`, `route` or `model`",
+        );
+    }
     let addr = match admin_addr(resolved, "usage") {
         Ok(addr) => addr,
         Err(error) => return super::failed(error),

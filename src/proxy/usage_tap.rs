@@ -18,6 +18,8 @@ use crate::usage::meter::Meter;
 use crate::usage::{Outcome, Ticket};
 
 /// Answer headers that carry the upstream's id for a request, by provider.
+/// Looked for in one pass over the answer's headers (a lookup by name per entry would
+/// hash each name on every answer).
 const REQUEST_ID_HEADERS: [&str; 5] = [
     "request-id",
     "x-amzn-requestid",
@@ -57,9 +59,11 @@ pub(super) fn charge(response: &mut Response<ResponseBody>, ticket: Ticket, retr
         status: response.status().as_u16(),
         tokens: None,
         retried,
-        upstream_request_id: REQUEST_ID_HEADERS
+        upstream_request_id: response
+            .headers()
             .iter()
-            .find_map(|name| response.headers().get(*name)?.to_str().ok())
+            .find(|(name, _)| REQUEST_ID_HEADERS.contains(&name.as_str()))
+            .and_then(|(_, id)| id.to_str().ok())
             .map(|id| id.chars().take(200).collect()),
         cut: None,
     };

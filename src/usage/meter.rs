@@ -92,8 +92,24 @@ impl Shape {
 }
 
 /// A Bedrock token-count header, when present and a number.
-fn count(headers: &http::HeaderMap, name: &str) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+/// Bedrock's token-count headers, in one pass over the answer's headers (four lookups by
+/// name would parse and hash each name on every answer, Bedrock's or not).
+fn bedrock_counts(headers: &http::HeaderMap) -> Counts {
+    let mut counts = Counts::default();
+    for (name, value) in headers {
+        let Some(kind) = name.as_str().strip_prefix("x-amzn-bedrock-") else {
+            continue;
+        };
+        let slot = match kind {
+            "input-token-count" => &mut counts.input,
+            "output-token-count" => &mut counts.output,
+            "cache-write-input-token-count" => &mut counts.cache_creation,
+            "cache-read-input-token-count" => &mut counts.cache_read,
+            _ => continue,
+        };
+        *slot = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+    }
+    counts
 }
 
 impl Meter {
@@ -105,12 +121,7 @@ impl Meter {
     pub fn new(headers: &http::HeaderMap) -> Meter {
         Meter {
             body: Body::new(Coding::of(headers), Shape::of(headers)),
-            headers: Counts {
-                input: count(headers, "x-amzn-bedrock-input-token-count"),
-                output: count(headers, "x-amzn-bedrock-output-token-count"),
-                cache_creation: count(headers, "x-amzn-bedrock-cache-write-input-token-count"),
-                cache_read: count(headers, "x-amzn-bedrock-cache-read-input-token-count"),
-            },
+            headers: bedrock_counts(headers),
         }
     }
 

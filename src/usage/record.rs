@@ -1,12 +1,15 @@
 //! The usage record — one JSON object per answered (or refused) model request — and the
-//! `[usage] log` it is appended to. Records are written by a thread of their own, so a
-//! slow disk never holds a request; the file is reopened when it was renamed away (log
-//! rotation by rename, as logrotate's default does), checked before each batch.
+//! `[usage] log` it is appended to. A request only serializes its record into a shared
+//! buffer; a thread of the log's own appends the buffer every 100 ms, so a slow disk never
+//! holds a request and no thread is woken per request. The file is reopened when it was
+//! renamed away (log rotation by rename, as logrotate's default does), checked before
+//! each write.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::Thread;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -45,30 +48,42 @@ pub struct Record {
     pub cut: Option<&'static str>,
 }
 
-/// Records waiting for the writer before new ones are dropped (and counted).
-const QUEUE: usize = 64 * 1024;
+/// Bytes of records waiting for the writer before new ones are dropped (and counted).
+const BACKLOG: usize = 16 << 20;
+/// How often the writer appends what is waiting: one write per interval, not a thread
+/// woken per record (a wake-up per request cost more than the rest of usage together).
+const WRITE_EVERY: Duration = Duration::from_millis(100);
 
 /// The writer of one `[usage] log` file.
 #[derive(Debug)]
 pub struct UsageLog {
     path: PathBuf,
-    queue: SyncSender<String>,
+    shared: Arc<Pending>,
     metrics: Arc<Metrics>,
+}
+
+/// Records serialized and not yet written, and the thread that writes them.
+#[derive(Debug, Default)]
+struct Pending {
+    lines: Mutex<Vec<u8>>,
+    writer: OnceLock<Thread>,
 }
 
 impl UsageLog {
     /// Opens (creates) `path` for appending, and starts its writer; the error names it.
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<UsageLog, String> {
         let file = append(path)?;
-        let (queue, records) = std::sync::mpsc::sync_channel(QUEUE);
+        let shared = Arc::new(Pending::default());
         let owned = path.to_path_buf();
-        std::thread::Builder::new()
+        let for_writer = Arc::downgrade(&shared);
+        let writer = std::thread::Builder::new()
             .name("usage-log".into())
-            .spawn(move || write_all(owned, file, records))
+            .spawn(move || write_all(owned, file, for_writer))
             .map_err(|e| format!("cannot start the usage log writer: {e}"))?;
+        let _ = shared.writer.set(writer.thread().clone());
         Ok(UsageLog {
             path: path.to_path_buf(),
-            queue,
+            shared,
             metrics,
         })
     }
@@ -78,12 +93,31 @@ impl UsageLog {
     }
 
     pub fn write(&self, record: &Record) {
-        let mut line = serde_json::to_string(record).expect("a record serializes");
-        line.push('\n');
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(line)
-        {
+        let mut lines = self.shared.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() > BACKLOG {
+            drop(lines);
             self.metrics.usage_records_dropped.inc();
+            return;
+        }
+        serde_json::to_writer(&mut *lines, record).expect("a record serializes");
+        lines.push(b'\n');
+    }
+
+    /// Has the writer append what is waiting now (at shutdown), and waits for it briefly.
+    pub fn flush(&self) {
+        if let Some(writer) = self.shared.writer.get() {
+            writer.unpark();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !self
+            .shared
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -118,34 +152,44 @@ fn still_there(path: &Path, file: &std::fs::File) -> bool {
     }
 }
 
-/// The writer thread: batches what is queued, reopens the file when it was rotated.
-fn write_all(path: PathBuf, mut file: std::fs::File, records: Receiver<String>) {
+/// The writer thread: every interval (or when asked), appends what is waiting; reopens
+/// the file when it was rotated; ends when the log is dropped (a reload that names
+/// another file), after a last write.
+fn write_all(path: PathBuf, mut file: std::fs::File, pending: Weak<Pending>) {
     let mut warned = false;
-    while let Ok(first) = records.recv() {
-        let mut batch = first;
-        while let Ok(more) = records.try_recv() {
-            batch.push_str(&more);
-            if batch.len() > 1 << 20 {
-                break;
-            }
+    let mut batch = Vec::new();
+    loop {
+        std::thread::park_timeout(WRITE_EVERY);
+        let Some(shared) = pending.upgrade() else {
+            return;
+        };
+        std::mem::swap(
+            &mut batch,
+            &mut *shared.lines.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        drop(shared);
+        if batch.is_empty() {
+            continue;
         }
         if !still_there(&path, &file) {
             match append(&path) {
                 Ok(reopened) => file = reopened,
                 Err(e) if !warned => {
-                    tracing::error!(error = %e, "usage records cannot be written");
+                    tracing::error!(target: "credproxy::usage", error = %e, "usage records cannot be written");
                     warned = true;
                 }
                 Err(_) => {}
             }
         }
-        match file.write_all(batch.as_bytes()) {
+        match file.write_all(&batch) {
             Ok(()) => warned = false,
             Err(e) if !warned => {
-                tracing::error!(path = %path.display(), error = %e, "usage records cannot be written");
+                tracing::error!(target: "credproxy::usage", path = %path.display(), error = %e,
+                    "usage records cannot be written");
                 warned = true;
             }
             Err(_) => {}
         }
+        batch.clear();
     }
 }

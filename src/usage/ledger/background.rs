@@ -60,6 +60,9 @@ impl Ledger {
     /// At shutdown: the state file written, or the counts not yet sent to the shared
     /// store sent (within a few seconds).
     pub async fn flush(&self) {
+        if let Some(log) = self.rules.load_full().log.clone() {
+            let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+        }
         match &self.backing {
             Backing::Memory => {}
             Backing::Embedded(_) => self.save(),

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::usage::{OnStoreError, Prices, Quota};
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::QuotaLabels;
+use crate::telemetry::metrics::{QuotaLabels, SpendLabels, TokenLabels};
 
 use super::counters::{Series, Totals};
 use super::quota::{self, Spent, Use};
@@ -89,6 +89,20 @@ pub struct Ledger {
     metrics: Arc<Metrics>,
     /// Serialises writes of the state file (the periodic one and the one at shutdown).
     saving: Mutex<()>,
+    /// The models named in reports and metric labels so far (read on every answer,
+    /// written 200 times at most).
+    models_named: std::sync::RwLock<HashSet<String>>,
+    /// The token and spend counters of each route and named model, looked up once: a
+    /// metric family's lookup builds its labels (two strings) on every call.
+    counters: std::sync::RwLock<HashMap<String, HashMap<String, Arc<ModelCounters>>>>,
+}
+
+/// One route's and model's `credproxy_tokens_total` (by type) and `credproxy_spend_usd_total`.
+#[derive(Debug)]
+struct ModelCounters {
+    /// Input, output, cache creation, cache read.
+    tokens: [prometheus_client::metrics::counter::Counter; 4],
+    spend: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +112,6 @@ struct Book {
     dirty: bool,
     /// Whether the last exchange with the shared store failed.
     store_down: bool,
-    models_named: HashSet<String>,
     /// Counts sent to the shared store and not yet acknowledged: sent again, under the
     /// same id, until they are (the store applies a batch once).
     batch: Option<background::Batch>,
@@ -168,6 +181,8 @@ impl Ledger {
             backing,
             metrics,
             saving: Mutex::new(()),
+            models_named: Default::default(),
+            counters: Default::default(),
         }
     }
 
@@ -278,18 +293,66 @@ impl Ledger {
 
     /// `model` as reports and metric labels name it: one of the first 200 models that
     /// answered with usage, else `other`.
-    fn model_named(book: &mut Book, model: Option<&str>) -> String {
+    fn model_named(&self, model: Option<&str>) -> String {
         let Some(model) = model else {
             return "unknown".to_string();
         };
-        if book.models_named.contains(model) {
+        let named = |set: &HashSet<String>| set.contains(model);
+        if named(
+            &self
+                .models_named
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
             return model.to_string();
         }
-        if book.models_named.len() < MODELS_NAMED {
-            book.models_named.insert(model.to_string());
+        let mut set = self
+            .models_named
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if named(&set) || set.len() < MODELS_NAMED {
+            set.insert(model.to_string());
             return model.to_string();
         }
         "other".to_string()
+    }
+
+    /// The metric counters of `route` and (named) `model`.
+    fn counters(&self, route: &str, model: &str) -> Arc<ModelCounters> {
+        let found = self
+            .counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(route)
+            .and_then(|models| models.get(model))
+            .cloned();
+        if let Some(found) = found {
+            return found;
+        }
+        let labels = |kind| TokenLabels {
+            route: route.to_string(),
+            model: model.to_string(),
+            r#type: kind,
+        };
+        let made = Arc::new(ModelCounters {
+            tokens: ["input", "output", "cache_creation", "cache_read"]
+                .map(|kind| self.metrics.tokens.get_or_create(&labels(kind)).clone()),
+            spend: self
+                .metrics
+                .spend
+                .get_or_create(&SpendLabels {
+                    route: route.to_string(),
+                    model: model.to_string(),
+                })
+                .clone(),
+        });
+        self.counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(route.to_string())
+            .or_default()
+            .insert(model.to_string(), Arc::clone(&made));
+        made
     }
 
     /// Every report scope's totals in `window` now: this process's, or with a shared

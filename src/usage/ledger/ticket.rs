@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::telemetry::metrics::{SpendLabels, TokenLabels};
 use crate::usage::counters::Totals;
 use crate::usage::meter::Tokens;
 use crate::usage::quota::Charged;
@@ -97,14 +96,16 @@ impl Ticket {
             requests: 1,
             ..used
         };
-        let model_named = {
+        // Only a model that answered with usage is named; others count as `unknown` or,
+        // past the first 200, `other` (a model name comes from the client).
+        let model_named = match outcome.tokens {
+            Some(_) => ledger.model_named(model),
+            None => "unknown".to_string(),
+        };
+        // Built before the book is locked: the lock covers the additions only.
+        let scopes = self.facts.report_scopes(&model_named);
+        {
             let mut book = ledger.book();
-            // Only a model that answered with usage is named; others count as `unknown`
-            // or, past the first 200, `other` (a model name comes from the client).
-            let named = match outcome.tokens {
-                Some(_) => Ledger::model_named(&mut book, model),
-                None => "unknown".to_string(),
-            };
             for charged in &self.charged {
                 let entry = book.entries.entry(charged.scope.clone()).or_default();
                 entry.reserved_tokens = entry.reserved_tokens.saturating_sub(self.reserved.0);
@@ -118,7 +119,7 @@ impl Ticket {
                     });
                 }
             }
-            for scope in self.facts.report_scopes(&named) {
+            for scope in scopes {
                 book.entries
                     .entry(scope)
                     .or_default()
@@ -126,8 +127,7 @@ impl Ticket {
                     .charge(second, &counted);
             }
             book.dirty = true;
-            named
-        };
+        }
         if outcome.tokens.is_some() {
             self.count_metrics(&model_named, &tokens, cost);
         }
@@ -161,31 +161,18 @@ impl Ticket {
     }
 
     fn count_metrics(&self, model: &str, tokens: &Tokens, cost: Option<f64>) {
-        let metrics = &self.ledger.metrics;
-        let route = &self.facts.route;
-        for (kind, n) in [
-            ("input", tokens.input),
-            ("output", tokens.output),
-            ("cache_creation", tokens.cache_creation),
-            ("cache_read", tokens.cache_read),
-        ] {
-            metrics
-                .tokens
-                .get_or_create(&TokenLabels {
-                    route: route.clone(),
-                    model: model.to_string(),
-                    r#type: kind,
-                })
-                .inc_by(n);
+        let counters = self.ledger.counters(&self.facts.route, model);
+        let counts = [
+            tokens.input,
+            tokens.output,
+            tokens.cache_creation,
+            tokens.cache_read,
+        ];
+        for (counter, n) in counters.tokens.iter().zip(counts) {
+            counter.inc_by(n);
         }
         if let Some(cost) = cost {
-            metrics
-                .spend
-                .get_or_create(&SpendLabels {
-                    route: route.clone(),
-                    model: model.to_string(),
-                })
-                .inc_by(cost);
+            counters.spend.inc_by(cost);
         }
     }
 }
