@@ -253,19 +253,7 @@ impl<'a, 'i> Table<'a, 'i> {
                 Some(Spanned::new(value.span(), n as u64))
             }
             Some(n) => {
-                cx.report(
-                    value.span(),
-                    format!(
-                        "`{key}` = {n} is outside the allowed range {} to {}",
-                        allowed.start(),
-                        allowed.end()
-                    ),
-                    format!(
-                        "write a number between {} and {}",
-                        allowed.start(),
-                        allowed.end()
-                    ),
-                );
+                out_of_range(cx, value.span(), key, n, &allowed);
                 None
             }
             None => {
@@ -293,19 +281,7 @@ impl<'a, 'i> Table<'a, 'i> {
         match number {
             Some(n) if allowed.contains(&n) => Some(Spanned::new(value.span(), n)),
             Some(n) => {
-                cx.report(
-                    value.span(),
-                    format!(
-                        "`{key}` = {n} is outside the allowed range {} to {}",
-                        allowed.start(),
-                        allowed.end()
-                    ),
-                    format!(
-                        "write a number between {} and {}",
-                        allowed.start(),
-                        allowed.end()
-                    ),
-                );
+                out_of_range(cx, value.span(), key, n, &allowed);
                 None
             }
             None => {
@@ -417,6 +393,22 @@ impl<'a, 'i> Table<'a, 'i> {
                 .to_string(),
         );
     }
+}
+
+/// Reports `key` = `n` as outside `allowed`, naming the range to write instead.
+fn out_of_range<T: std::fmt::Display>(
+    cx: &mut Checker,
+    span: Range<usize>,
+    key: &str,
+    n: impl std::fmt::Display,
+    allowed: &std::ops::RangeInclusive<T>,
+) {
+    let (start, end) = (allowed.start(), allowed.end());
+    cx.report(
+        span,
+        format!("`{key}` = {n} is outside the allowed range {start} to {end}"),
+        format!("write a number between {start} and {end}"),
+    );
 }
 
 fn article(noun: &str) -> &'static str {
