@@ -175,6 +175,24 @@ pub struct Refusal {
     pub caller: String,
     pub place: String,
     pub rule: String,
+    /// Whom usage records attribute the refusal to (boxed: errors travel by value).
+    pub who: Box<Refused>,
+}
+
+/// A refused caller as usage records name it ([`Caller::usage_name`]), with its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub usage_name: String,
+    pub groups: Vec<String>,
+}
+
+impl Refused {
+    fn of(caller: &Caller) -> Box<Refused> {
+        Box::new(Refused {
+            usage_name: caller.usage_name(),
+            groups: caller.groups.clone(),
+        })
+    }
 }
 
 /// The token of a `Bearer TOKEN` value (the scheme is case-insensitive, RFC 6750).
@@ -340,6 +358,7 @@ impl Callers {
         let refuse = |rule: String| Refusal {
             reason: "domain",
             caller: caller.label.to_string(),
+            who: Refused::of(caller),
             place: "this gateway".to_string(),
             rule,
         };
@@ -386,6 +405,7 @@ impl Callers {
         Err(Refusal {
             reason: "group",
             caller: caller.label.to_string(),
+            who: Refused::of(caller),
             place: format!("route `{route}`"),
             rule: format!(
                 "the route admits only members of {}, and the caller is in none of them",

@@ -75,9 +75,13 @@ impl Proxy {
     /// from the path (a quota's refusal is recorded where it is decided, with the whole
     /// request's facts).
     fn record_refusal(&self, error: &ProxyError, log: &AccessLog<'_>) {
-        let named = match error {
-            ProxyError::Caller(CallerError::Expired { subject }) => subject.clone(),
-            ProxyError::Caller(_) | ProxyError::CallerRefused(_) => None,
+        let (named, groups) = match error {
+            ProxyError::Caller(CallerError::Expired { subject }) => (subject.clone(), Vec::new()),
+            ProxyError::Caller(_) => (None, Vec::new()),
+            ProxyError::CallerRefused(refusal) => (
+                Some(refusal.who.usage_name.clone()),
+                refusal.who.groups.clone(),
+            ),
             _ => return,
         };
         if *log.method() != http::Method::POST {
@@ -87,10 +91,8 @@ impl Proxy {
             return;
         };
         let facts = Facts {
-            caller: named
-                .or_else(|| log.caller.as_deref().map(str::to_string))
-                .unwrap_or_else(|| "unknown".to_string()),
-            groups: Vec::new(),
+            caller: named.unwrap_or_else(|| "unknown".to_string()),
+            groups,
             tag: None,
             route,
             model: None,

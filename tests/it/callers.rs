@@ -753,6 +753,9 @@ async fn usage_names_each_caller_and_group_and_a_group_quota_spans_its_members()
     old["exp"] = json!(now() - 600);
     old["iat"] = json!(now() - 1200);
     refused(&bearer(&url, &rsa.sign(&old)).await, "expired");
+    // Refused by a route's groups: the record names the caller as usage does.
+    let carol = rsa.sign(&claims(&idp, "carol", "carol@example.com", &["sales"]));
+    forbidden(&bearer(&proxy.url("/eng/v1/messages"), &carol).await, "eng");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let records: Vec<serde_json::Value> = loop {
         let text = std::fs::read_to_string(scratch.path("usage.jsonl")).unwrap_or_default();
@@ -760,12 +763,12 @@ async fn usage_names_each_caller_and_group_and_a_group_quota_spans_its_members()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        if records.len() >= 5 || std::time::Instant::now() > deadline {
+        if records.len() >= 6 || std::time::Instant::now() > deadline {
             break records;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    assert_eq!(records.len(), 5, "{records:?}");
+    assert_eq!(records.len(), 6, "{records:?}");
     assert_eq!(records[0]["caller"], "alice@example.com");
     assert_eq!(records[0]["groups"], json!(["eng"]));
     assert_eq!(records[0]["input_tokens"], 5);
@@ -776,4 +779,8 @@ async fn usage_names_each_caller_and_group_and_a_group_quota_spans_its_members()
     assert_eq!(records[4]["status"], 401);
     assert_eq!(records[4]["caller"], "bob@example.com");
     assert_eq!(records[4]["route"], "/");
+    assert_eq!(records[5]["status"], 403);
+    assert_eq!(records[5]["caller"], "carol@example.com");
+    assert_eq!(records[5]["groups"], json!(["sales"]));
+    assert_eq!(records[5]["route"], "/eng");
 }
