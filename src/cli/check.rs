@@ -1,7 +1,8 @@
 //! `credproxy check`: the config is valid, every credential an enabled route uses is
 //! fetched once straight from its source (never a value printed), the egress proxy, the
-//! listener's TLS files and the callers' key set load; exit 1 if anything failed that a
-//! route needs (a route with several targets needs one of its targets' credentials).
+//! listener's TLS files and the callers' key set load, the usage store answers (or its
+//! state file reads); exit 1 if anything failed that a route needs (a route with several
+//! targets needs one of its targets' credentials).
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -77,6 +78,13 @@ pub async fn run(resolved: Resolved) -> ExitCode {
                 }
                 None => {}
             }
+        }
+    }
+    match crate::usage::check(&resolved).await {
+        Ok(line) => println!("usage: {line}"),
+        Err(error) => {
+            callers_ok = false;
+            println!("usage: FAILED: {error}");
         }
     }
     for (_, route) in resolved.routes() {

@@ -88,6 +88,50 @@ fn embedded(resolved: &Resolved) -> Result<(Backing, HashMap<String, counters::S
     }
 }
 
+/// What `credproxy check` says of `[usage]`: where the counters live and whether that
+/// works (the shared store answers; the state file reads), and where records go.
+pub async fn check(resolved: &Resolved) -> Result<String, String> {
+    let usage = &resolved.config.usage;
+    let quotas = resolved.config.quotas.len();
+    let store = match &usage.store {
+        Store::Redis(url) => {
+            let store = redis_store::RedisStore::new(url, resolved.ca_file.as_deref())?;
+            let second = window::epoch_seconds(std::time::SystemTime::now());
+            let answered =
+                tokio::time::timeout(Duration::from_secs(5), store.read(&[], second)).await;
+            match answered {
+                Ok(Ok(_)) => format!("store {} answers", store.shown()),
+                Ok(Err(e)) => return Err(format!("store {} does not answer: {e}", store.shown())),
+                Err(_) => return Err(format!("store {} does not answer", store.shown())),
+            }
+        }
+        Store::Embedded => match &resolved.usage_state_dir {
+            None => "counters in memory only (no state_dir, no HOME)".to_string(),
+            Some(dir) => match state_file::StateFile::peek(dir) {
+                Ok(Some(scopes)) => format!(
+                    "state file {} ({scopes} counters)",
+                    dir.join(state_file::FILE_NAME).display()
+                ),
+                Ok(None) => format!(
+                    "state file {} (not written yet)",
+                    dir.join(state_file::FILE_NAME).display()
+                ),
+                Err(state_file::StateError::Corrupt(e) | state_file::StateError::Unwritable(e)) => {
+                    return Err(e);
+                }
+                Err(state_file::StateError::Taken(path)) => {
+                    format!("state file {}", path.display())
+                }
+            },
+        },
+    };
+    let log = resolved
+        .usage_log
+        .as_ref()
+        .map_or("no log".to_string(), |p| format!("log {}", p.display()));
+    Ok(format!("{store}; {log}; {quotas} quota(s)"))
+}
+
 /// The rules of `resolved`; the usage log is kept open from `previous` when its path is
 /// the same.
 pub fn rules(

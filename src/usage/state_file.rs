@@ -95,6 +95,27 @@ impl StateFile {
         &self.path
     }
 
+    /// How many scopes `dir/usage.json` holds, read without taking it (a running
+    /// credproxy may hold it): for `credproxy check`. `Ok(None)`: no file yet.
+    pub fn peek(dir: &Path) -> Result<Option<usize>, StateError> {
+        let path = dir.join(FILE_NAME);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Saved>(&bytes)
+                .map(|saved| Some(saved.scopes.len()))
+                .map_err(|e| {
+                    StateError::Corrupt(format!(
+                        "the usage state file {} is corrupt ({e}); move it away to start counting from zero, or restore it",
+                        path.display()
+                    ))
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StateError::Unwritable(format!(
+                "cannot read the usage state file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
     /// Replaces the file with `scopes`, whole: a crash leaves the old or the new one.
     pub fn save<'a>(
         &self,

@@ -416,8 +416,20 @@ async fn a_restart_keeps_the_day_and_a_corrupt_state_file_is_named() {
     let refused = post_model(&proxy.url("/v1/json"), &[]).await;
     assert_eq!(refused.status, 429, "{}", refused.text());
     assert!(refused.error().1.contains("per day"), "{}", refused.text());
+    let (status, out, err) = credproxy(&scratch, &config).run_async("check").await;
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("state/usage.json") && out.contains("counters)"),
+        "{out}"
+    );
     drop(proxy);
     scratch.write("state/usage.json", "{ not json");
+    let (status, out, _) = credproxy(&scratch, &config).run_async("check").await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        out.contains("usage: FAILED") && out.contains("corrupt"),
+        "{out}"
+    );
     let (status, out, err) = credproxy(&scratch, &config).run_async("run").await;
     assert!(!status.success());
     assert!(
@@ -541,6 +553,13 @@ async fn two_instances_share_a_budget_through_redis_and_survive_its_restart() {
     );
     let shared = admin_json(&b, "/usage").await;
     assert_eq!(shared["store"], "redis");
+    let (status, out, err) = credproxy(&Scratch::new(), &config).run_async("check").await;
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("usage: store redis://**@127.0.0.1:"), "{out}");
+    assert!(
+        !format!("{out}{err}").contains(REDIS_PASSWORD),
+        "{out}{err}"
+    );
     assert_eq!(shared["total"]["requests"], 4, "{shared}");
     // Redis stops: `on_store_error = "allow"` serves and counts locally (a third
     // instance, with room in its quota).
@@ -709,6 +728,17 @@ async fn deny_answers_503_naming_the_store_while_it_cannot_be_reached() {
     let status = admin_json(&proxy, "/status").await;
     assert_eq!(status["usage"]["store"], "redis", "{status}");
     assert_eq!(status["usage"]["store_reachable"], false, "{status}");
+    // `credproxy check` says so too, and fails.
+    let (status, out, err) = credproxy(&scratch, &usage_config(&upstream.url(), &extra))
+        .run_async("check")
+        .await;
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "usage: FAILED: store redis://127.0.0.1:{nobody}/0 does not answer"
+        )),
+        "{out}{err}"
+    );
 }
 
 fn brotli(text: &str) -> Vec<u8> {
