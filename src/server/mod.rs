@@ -325,37 +325,52 @@ async fn accept(
             open_here.inc();
             match tls {
                 None => serve(stream, peer, serving, stopped, &context, activity).await,
+                // Boxed: a TLS connection's future (the handshake, the TLS session) is twice
+                // a plain one's, and the task of every connection would be that big.
                 Some(acceptor) => {
-                    // The handshake has `header_read_timeout`, then the first request as
-                    // long again from its end.
-                    let handshake = acceptor.accept(stream);
-                    let handshake =
-                        tokio::time::timeout(context.limits.header_read_timeout, handshake);
-                    let shaken = tokio::select! {
-                        shaken = handshake => Some(shaken),
-                        _ = activity.close_requested() => None,
-                    };
-                    match shaken {
-                        Some(Ok(Ok(stream))) => {
-                            activity.opened();
-                            serve(stream, peer, serving, stopped, &context, activity).await
-                        }
-                        Some(Ok(Err(error))) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                        }
-                        Some(Err(_)) => {
-                            tracing::debug!(%peer, "TLS handshake too slow; closing the connection")
-                        }
-                        None => {
-                            tracing::debug!(%peer, "closed during its TLS handshake to make room")
-                        }
-                    }
+                    let tls =
+                        serve_tls(acceptor, stream, peer, serving, stopped, &context, activity);
+                    Box::pin(tls).await
                 }
             }
             open_here.dec();
             drop(registered);
             drop(permit);
         });
+    }
+}
+
+/// Serves a TLS connection: the handshake within `header_read_timeout`, then [`serve`]
+/// (whose first request has as long again from the handshake's end).
+async fn serve_tls(
+    acceptor: Arc<TlsAcceptor>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    serving: Arc<Serving>,
+    stopped: watch::Receiver<bool>,
+    context: &Context,
+    activity: Arc<Activity>,
+) {
+    let handshake =
+        tokio::time::timeout(context.limits.header_read_timeout, acceptor.accept(stream));
+    let shaken = tokio::select! {
+        shaken = handshake => Some(shaken),
+        _ = activity.close_requested() => None,
+    };
+    match shaken {
+        Some(Ok(Ok(stream))) => {
+            activity.opened();
+            serve(stream, peer, serving, stopped, context, activity).await
+        }
+        Some(Ok(Err(error))) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+        }
+        Some(Err(_)) => {
+            tracing::debug!(%peer, "TLS handshake too slow; closing the connection")
+        }
+        None => {
+            tracing::debug!(%peer, "closed during its TLS handshake to make room")
+        }
     }
 }
 
@@ -379,8 +394,12 @@ async fn serve<IO>(
         service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let in_flight = activity.request_started(request.version() == http::Version::HTTP_2);
             let proxy = serving.proxy.load_full();
+            // Boxed: hyper keeps room for the service's future in every connection for the
+            // connection's life, and copies the future into it per request. The pipeline's
+            // future is kilobytes; a held stream needs none of it once its head is out.
+            let handling = Box::pin(async move { proxy.handle(request).await });
             async move {
-                let response = proxy.handle(request).await;
+                let response = handling.await;
                 Ok::<_, std::convert::Infallible>(
                     response.map(|body| Tracked::new(body, in_flight)),
                 )

@@ -25,6 +25,9 @@ use super::LogFormat;
 use super::batched::BatchedStderr;
 use crate::failure::Side;
 
+/// The longest path a line shows, in bytes (cut at a character boundary).
+const PATH_SHOWN: usize = 200;
+
 /// Where lines go when they are written directly: set once by [`super::init`].
 static DIRECT: OnceLock<Direct> = OnceLock::new();
 
@@ -42,7 +45,9 @@ pub(super) fn write_directly(writer: BatchedStderr, format: LogFormat) {
 #[derive(Debug)]
 pub struct AccessLog<'a> {
     method: Method,
-    uri: Uri,
+    /// The path as the line shows it, owned: a held stream's line must not keep the
+    /// request's `Uri`, whose bytes pin the connection's whole read buffer (16 KiB).
+    path: Box<str>,
     pub route: Option<&'a str>,
     pub credential: Option<&'a str>,
     /// Who called (a JWT's `sub` and email, or a static token's name); never the token.
@@ -77,7 +82,7 @@ impl Cut {
 #[derive(Debug)]
 pub struct Pending {
     method: Method,
-    uri: Uri,
+    path: Box<str>,
     pub route: Option<String>,
     credential: Option<String>,
     caller: Option<Arc<str>>,
@@ -94,7 +99,7 @@ impl Pending {
     pub fn finish(self, bytes: u64, truncated: Option<Cut>) {
         AccessLog {
             method: self.method,
-            uri: self.uri,
+            path: self.path,
             route: self.route.as_deref(),
             credential: self.credential.as_deref(),
             caller: self.caller,
@@ -111,7 +116,7 @@ impl<'a> AccessLog<'a> {
     pub fn start(method: &Method, uri: &Uri) -> Self {
         AccessLog {
             method: method.clone(),
-            uri: uri.clone(),
+            path: uri.path()[..uri.path().floor_char_boundary(PATH_SHOWN)].into(),
             route: None,
             credential: None,
             caller: None,
@@ -122,9 +127,10 @@ impl<'a> AccessLog<'a> {
         }
     }
 
-    /// The request's path (without the query).
+    /// The request's path (without the query), its first 200 bytes: enough to tell its
+    /// route by prefix.
     pub fn path(&self) -> &str {
-        self.uri.path()
+        &self.path
     }
 
     pub fn method(&self) -> &Method {
@@ -140,7 +146,7 @@ impl<'a> AccessLog<'a> {
     pub fn pending(self, status: StatusCode, started: Instant) -> Pending {
         Pending {
             method: self.method,
-            uri: self.uri,
+            path: self.path,
             route: self.route.map(str::to_string),
             credential: self.credential.map(str::to_string),
             caller: self.caller,
@@ -154,11 +160,10 @@ impl<'a> AccessLog<'a> {
     }
 
     fn write(self, status: StatusCode, started: Instant, bytes: u64, truncated: Option<Cut>) {
-        let path = self.uri.path();
         let line = Line {
             method: self.method.as_str(),
             route: self.route.unwrap_or("-"),
-            path: &path[..path.floor_char_boundary(200)],
+            path: &self.path,
             status: status.as_u16(),
             attempts: self.attempts,
             served_by: self.served_by,
