@@ -11,6 +11,7 @@
 # users run it). CREDPROXY_BENCH_USAGE=on adds a usage log, prices and two quotas that
 # every request is checked against (never reached); =redis also shares the counters
 # through the Redis server at CREDPROXY_BENCH_REDIS (redis://127.0.0.1:6379/0 by default).
+# CREDPROXY_BENCH_HTTP2 sets the route's upstream_http2 (auto by default: ALPN decides).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 binary="${CREDPROXY_BIN:-$here/target/release/credproxy}"
@@ -31,6 +32,7 @@ env = "BENCH_API_KEY"
 prefix = "/"
 upstream = "${BENCH_UPSTREAM_URL:?}"
 credential = "bench"
+upstream_http2 = "${CREDPROXY_BENCH_HTTP2:-auto}"
 TOML
 usage_mode="${CREDPROXY_BENCH_USAGE:-default}"
 if [ "$usage_mode" = on ] || [ "$usage_mode" = redis ]; then

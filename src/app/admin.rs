@@ -255,8 +255,8 @@ fn status(generation: &super::Generation) -> Value {
         })
         .collect();
     let shared = &generation.shared;
-    let upstreams: Vec<Value> = std::iter::once(&shared.client)
-        .chain(shared.identity_clients.values())
+    let upstreams: Vec<Value> = shared
+        .clients()
         .flat_map(|clients| clients.http2_status())
         .map(|host| {
             json!({

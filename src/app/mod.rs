@@ -96,6 +96,7 @@ pub async fn run(resolved: Resolved, config_path: Option<PathBuf>) -> ExitCode {
         start_listener(&mut server, &mut bound, &generation, addr, listener);
     }
     metrics.set_credentials(cells(&generation));
+    metrics.set_upstream_pools(pools(&generation));
     let current: Current = Arc::new(ArcSwap::from_pointee(generation));
     // Before any credential fetch starts: a start-up that fails here leaves nothing running.
     let admin = match admin::start(admin_listen, Arc::clone(&current), Arc::clone(&metrics)).await {
@@ -138,6 +139,15 @@ fn cells(generation: &Generation) -> Vec<Arc<crate::credentials::Cached>> {
         .credentials
         .iter()
         .map(|c| Arc::clone(&c.cached))
+        .collect()
+}
+
+/// The upstream pools whose connections the metrics report.
+fn pools(generation: &Generation) -> Vec<Arc<dyn crate::telemetry::UpstreamPools>> {
+    generation
+        .shared
+        .clients()
+        .map(|clients| Arc::new(clients.clone()) as Arc<dyn crate::telemetry::UpstreamPools>)
         .collect()
 }
 
@@ -247,6 +257,7 @@ async fn reload(
         !kept.contains(&credential.name) || credential.cached.peek().is_none()
     });
     metrics.set_credentials(cells(&next));
+    metrics.set_upstream_pools(pools(&next));
     next.shared.usage.configure(Arc::clone(&next.usage_rules));
     current.store(Arc::new(next));
     metrics

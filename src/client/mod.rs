@@ -537,3 +537,19 @@ fn with_port(uri: Uri) -> Uri {
         Err(_) => uri,
     }
 }
+
+impl crate::telemetry::UpstreamPools for Clients {
+    fn upstream_connections(&self) -> Vec<crate::telemetry::UpstreamConnections> {
+        self.http2_status()
+            .into_iter()
+            .map(|host| crate::telemetry::UpstreamConnections {
+                upstream: host.origin,
+                upstream_http2: host.mode.name(),
+                protocol: if host.http1 { "HTTP/1.1" } else { "HTTP/2" },
+                connections: host.connections,
+                streams_in_use: host.streams_in_use,
+                waiting: host.waiting,
+            })
+            .collect()
+    }
+}

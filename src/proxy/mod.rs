@@ -107,6 +107,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Every upstream client of this generation: the workers' own, then those that present
+    /// a client certificate.
+    pub fn clients(&self) -> impl Iterator<Item = &Clients> {
+        std::iter::once(&self.client).chain(self.identity_clients.values())
+    }
+
     /// `callers` is built by the caller of this so that a reload can keep the identity
     /// provider's keys and the validated tokens when `[callers]` did not change.
     pub fn new(

@@ -2,7 +2,8 @@
 //!
 //! Request metrics are counted as requests finish; credential metrics are read from the
 //! credential cells at scrape time (so a reload that swaps the cells needs no bookkeeping
-//! here beyond handing over the new list). Every label is bounded: route prefixes and
+//! here beyond handing over the new list), and the upstream connection gauges from the
+//! workers' pools likewise. Every label is bounded: route prefixes and
 //! credential names come from the config, statuses are numbers, reasons a fixed set; no
 //! path, caller or value ever becomes a label.
 
@@ -138,6 +139,7 @@ pub struct Metrics {
     pub target_requests: Family<TargetLabels, Counter>,
     pub failovers: Family<FailoverLabels, Counter>,
     credentials: Arc<CredentialCells>,
+    upstreams: Arc<UpstreamCells>,
 }
 
 impl Default for Metrics {
@@ -266,6 +268,8 @@ impl Metrics {
         );
         let credentials = Arc::new(CredentialCells(ArcSwap::from_pointee(Vec::new())));
         registry.register_collector(Box::new(Arc::clone(&credentials)));
+        let upstreams = Arc::new(UpstreamCells(ArcSwap::from_pointee(Vec::new())));
+        registry.register_collector(Box::new(Arc::clone(&upstreams)));
         Metrics {
             registry,
             requests,
@@ -286,6 +290,7 @@ impl Metrics {
             target_requests,
             failovers,
             credentials,
+            upstreams,
         }
     }
 
@@ -301,6 +306,11 @@ impl Metrics {
     /// The credentials the credential metrics report (at start and after each reload).
     pub fn set_credentials(&self, cells: Vec<Arc<Cached>>) {
         self.credentials.0.store(Arc::new(cells));
+    }
+
+    /// The pools the upstream connection gauges report (at start and after each reload).
+    pub fn set_upstream_pools(&self, pools: Vec<Arc<dyn UpstreamPools>>) {
+        self.upstreams.0.store(Arc::new(pools));
     }
 
     /// One finished request.
@@ -387,6 +397,90 @@ impl Collector for CredentialCells {
             expiry.metric_type(),
         )?;
         expiry.encode(metric)?;
+        Ok(())
+    }
+}
+
+/// One upstream host's connections, as the workers' pools hold them at a scrape.
+#[derive(Debug, Clone)]
+pub struct UpstreamConnections {
+    /// `scheme://host:port`.
+    pub upstream: String,
+    /// The route's `upstream_http2`: `auto`, `always` (`never` goes to the HTTP/1.1 pool).
+    pub upstream_http2: &'static str,
+    /// What the upstream speaks: `HTTP/2`, or `HTTP/1.1` when its ALPN chose that.
+    pub protocol: &'static str,
+    pub connections: usize,
+    pub streams_in_use: usize,
+    /// Requests waiting for a stream (the host's connection cap reached).
+    pub waiting: usize,
+}
+
+/// Pools that can say what they hold (the upstream clients; implemented there, so that
+/// telemetry does not depend on the client).
+pub trait UpstreamPools: Send + Sync {
+    fn upstream_connections(&self) -> Vec<UpstreamConnections>;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    upstream_http2: &'static str,
+    protocol: &'static str,
+}
+
+struct UpstreamCells(ArcSwap<Vec<Arc<dyn UpstreamPools>>>);
+
+impl std::fmt::Debug for UpstreamCells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCells")
+            .field("pools", &self.0.load().len())
+            .finish()
+    }
+}
+
+impl Collector for UpstreamCells {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let connections = Family::<UpstreamLabels, Gauge>::default();
+        let in_use = Family::<UpstreamLabels, Gauge>::default();
+        let waiting = Family::<UpstreamLabels, Gauge>::default();
+        for pool in self.0.load().iter() {
+            for host in pool.upstream_connections() {
+                let labels = UpstreamLabels {
+                    upstream: host.upstream,
+                    upstream_http2: host.upstream_http2,
+                    protocol: host.protocol,
+                };
+                let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                connections
+                    .get_or_create(&labels)
+                    .inc_by(count(host.connections));
+                in_use
+                    .get_or_create(&labels)
+                    .inc_by(count(host.streams_in_use));
+                waiting.get_or_create(&labels).inc_by(count(host.waiting));
+            }
+        }
+        for (name, help, family) in [
+            (
+                "upstream_connections",
+                "Open HTTP/2 connections to each upstream host, across workers, with the route's upstream_http2 and what the upstream speaks (HTTP/1.1 connections are not counted)",
+                &connections,
+            ),
+            (
+                "upstream_streams_in_use",
+                "HTTP/2 streams in use on those connections (a stream is in use until its answer ends)",
+                &in_use,
+            ),
+            (
+                "upstream_streams_waiting",
+                "Requests waiting for an HTTP/2 stream because the host's connection cap was reached",
+                &waiting,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, family.metric_type())?;
+            family.encode(metric)?;
+        }
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 
 pub use access::{AccessLog, Cut, Pending};
 pub use batched::FlushGuard;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, UpstreamConnections, UpstreamPools};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::util::SubscriberInitExt;
 

@@ -184,6 +184,22 @@ async fn a_full_connection_cap_gets_503_after_queue_timeout() {
         .parse()
         .unwrap();
     assert!(waited >= 0.9, "{waited} s of waits recorded: {metrics}");
+    // The connection count and the streams on it are gauges too.
+    let labels = format!(
+        "{{upstream=\"{}\",upstream_http2=\"always\",protocol=\"HTTP/2\"}}",
+        upstream.url()
+    );
+    for (gauge, value) in [
+        ("credproxy_upstream_connections", 1),
+        ("credproxy_upstream_streams_in_use", 2),
+        ("credproxy_upstream_streams_waiting", 0),
+    ] {
+        let line = format!("{gauge}{labels} {value}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in {metrics}"
+        );
+    }
     for task in held {
         let (status, _, text) = task.await.unwrap();
         assert_eq!(status, 200, "{text}");
@@ -215,6 +231,16 @@ async fn https_upstreams_get_http2_by_alpn_and_share_connections() {
     let status = get(&proxy.admin_url("/status").await).await.json();
     assert_eq!(status["upstreams"][0]["protocol"], "HTTP/2", "{status}");
     assert_eq!(status["routes"][0]["upstream_http2"], "auto", "{status}");
+    // ALPN's choice and the one connection, in the metrics too.
+    let metrics = get(&proxy.admin_url("/metrics").await).await.text();
+    let line = format!(
+        "credproxy_upstream_connections{{upstream=\"{}\",upstream_http2=\"auto\",protocol=\"HTTP/2\"}} 1",
+        upstream.url()
+    );
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in {metrics}"
+    );
 }
 
 #[tokio::test]
