@@ -45,8 +45,8 @@ pub(super) fn write_directly(writer: BatchedStderr, format: LogFormat) {
 #[derive(Debug)]
 pub struct AccessLog<'a> {
     method: Method,
-    /// The path as the line shows it, owned: a held stream's line must not keep the
-    /// request's `Uri`, whose bytes pin the connection's whole read buffer (16 KiB).
+    /// The request's path, owned: a held stream's line must not keep the request's `Uri`,
+    /// whose bytes are hyper's and pin the connection's whole read buffer (16 KiB).
     path: Box<str>,
     pub route: Option<&'a str>,
     pub credential: Option<&'a str>,
@@ -116,7 +116,7 @@ impl<'a> AccessLog<'a> {
     pub fn start(method: &Method, uri: &Uri) -> Self {
         AccessLog {
             method: method.clone(),
-            path: uri.path()[..uri.path().floor_char_boundary(PATH_SHOWN)].into(),
+            path: uri.path().into(),
             route: None,
             credential: None,
             caller: None,
@@ -127,8 +127,7 @@ impl<'a> AccessLog<'a> {
         }
     }
 
-    /// The request's path (without the query), its first 200 bytes: enough to tell its
-    /// route by prefix.
+    /// The request's path (without the query).
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -163,7 +162,7 @@ impl<'a> AccessLog<'a> {
         let line = Line {
             method: self.method.as_str(),
             route: self.route.unwrap_or("-"),
-            path: &self.path,
+            path: &self.path[..self.path.floor_char_boundary(PATH_SHOWN)],
             status: status.as_u16(),
             attempts: self.attempts,
             served_by: self.served_by,

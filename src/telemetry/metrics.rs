@@ -3,7 +3,7 @@
 //! Request metrics are counted as requests finish; credential metrics are read from the
 //! credential cells at scrape time (so a reload that swaps the cells needs no bookkeeping
 //! here beyond handing over the new list), and the upstream connection gauges from the
-//! workers' pools likewise. Every label is bounded: route prefixes and
+//! workers' pools likewise. Every label is bounded: route prefixes, upstream origins and
 //! credential names come from the config, statuses are numbers, reasons a fixed set; no
 //! path, caller or value ever becomes a label.
 
