@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
+use super::corked::{Cork, Corked};
 use super::{BoxError, Connector};
 use crate::config::Http2;
 
@@ -532,7 +533,7 @@ impl Dialing {
         let mut state = host.state.lock().expect("pool lock");
         state.dialing -= 1;
         let result = match opened {
-            Ok(Opened::Http2(send, driven)) => {
+            Ok(Opened::Http2(send, driven, cork)) => {
                 let connection = Arc::new(Connection {
                     send,
                     limit: AtomicUsize::new(UNSETTLED),
@@ -543,6 +544,7 @@ impl Dialing {
                 state.connections.push(Arc::clone(&connection));
                 tokio::spawn(drive(
                     driven,
+                    cork,
                     connection,
                     Arc::downgrade(host),
                     dial.idle_timeout,
@@ -599,10 +601,10 @@ async fn open_connection(dial: Arc<Dial>, dialing: Dialing, parked: Parked) {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-type Driven = h2::client::Connection<Box<dyn Io>, Bytes>;
+type Driven = h2::client::Connection<Corked<Box<dyn Io>>, Bytes>;
 
 enum Opened {
-    Http2(h2::client::SendRequest<Bytes>, Driven),
+    Http2(h2::client::SendRequest<Bytes>, Driven, Cork<Box<dyn Io>>),
     /// ALPN chose HTTP/1.1 (only with `auto`): the connection, for the HTTP/1.1 pool.
     Http1(Http1Stream),
 }
@@ -634,15 +636,16 @@ async fn connect(dial: &Dial, uri: &Uri, mode: Http2) -> Result<Opened, BoxError
     } else {
         Box::new(TokioIo::new(tcp))
     };
+    let (io, cork) = super::corked::cork(io);
     let (send, driven) = h2::client::Builder::new()
         .initial_max_send_streams(UNSETTLED)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(64 * 1024)
         .enable_push(false)
-        .handshake::<Box<dyn Io>, Bytes>(io)
+        .handshake::<Corked<Box<dyn Io>>, Bytes>(io)
         .await?;
-    Ok(Opened::Http2(send, driven))
+    Ok(Opened::Http2(send, driven, cork))
 }
 
 /// Drives one connection until it ends: notes the upstream's stream limit as its SETTINGS
@@ -650,6 +653,7 @@ async fn connect(dial: &Dial, uri: &Uri, mode: Http2) -> Result<Opened, BoxError
 /// timeout, or when its SETTINGS never come.
 async fn drive(
     mut driven: Driven,
+    cork: Cork<Box<dyn Io>>,
     connection: Arc<Connection>,
     host: Weak<Host>,
     idle_timeout: Duration,
@@ -662,7 +666,11 @@ async fn drive(
     // streams from then on, so no request should be given this connection again.
     let mut probe = connection.send.clone();
     let polled = std::future::poll_fn(|cx| {
+        // What h2 writes during this poll (the frames of every request handed to it since
+        // the last) goes out together when the poll ends.
+        cork.hold();
         let polled = Pin::new(&mut driven).poll(cx);
+        cork.release(cx);
         note_limit(&driven, &connection, &host);
         if !connection.closed.load(Ordering::Acquire)
             && matches!(probe.poll_ready(cx), Poll::Ready(Err(_)))

@@ -13,6 +13,7 @@
 //! through hyper's pooled client; HTTP/2 through [`http2`]'s pool, which opens as many
 //! connections per host as the load needs (`upstream_http2` on a route chooses).
 
+mod corked;
 pub mod http2;
 
 use std::future::Future;
