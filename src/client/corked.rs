@@ -11,9 +11,10 @@
 //! [`Corked`] sits between h2 and the socket (TLS or TCP). While the connection's driver
 //! [holds](Cork::hold) it, writes are gathered and h2's flushes are deferred; when the
 //! poll ends, the driver [releases](Cork::release) it and everything goes out together, as
-//! few TLS records and one `writev` (TCP_CORK, in user space, for exactly one poll). No
-//! byte waits for more than the rest of the poll that wrote it. Past [`GATHER_LIMIT`]
-//! bytes a write goes out at once, and a socket that is full pushes back on h2 as before.
+//! few TLS records and one `writev` (TCP_CORK, in user space, for exactly one poll). Unless
+//! the socket is full, no byte waits for more than the rest of the poll that wrote it.
+//! Past [`GATHER_LIMIT`] unsent bytes, what was gathered goes out before more is taken,
+//! and a socket that stays full pushes back on h2 from there.
 
 use std::io;
 use std::pin::Pin;
@@ -74,11 +75,8 @@ impl<T: AsyncWrite + Unpin> Inner<T> {
                 Err(error) => return Poll::Ready(Err(error)),
             }
         }
-        if self.pending.capacity() > KEPT_CAPACITY {
-            self.pending = Vec::new();
-        } else {
-            self.pending.clear();
-        }
+        self.pending.clear();
+        self.pending.shrink_to(KEPT_CAPACITY);
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -100,6 +98,12 @@ impl<T: AsyncWrite + Unpin> Inner<T> {
                 Poll::Ready(Ok(())) => {}
                 stopped => return Some(stopped.map_ok(|()| 0)),
             }
+        }
+        if self.sent > 0 {
+            // A release left part unsent (a full socket): what went out is dropped, so
+            // the buffer holds at most the limit plus one write.
+            self.pending.drain(..self.sent);
+            self.sent = 0;
         }
         let mut len = 0;
         for buf in bufs {
@@ -128,6 +132,8 @@ impl<T: AsyncWrite + Unpin> Cork<T> {
         };
         if let Poll::Ready(Err(error)) = flushed {
             inner.failed = Some(error);
+            // h2 learns of it at its next write or flush: make that now.
+            cx.waker().wake_by_ref();
         }
     }
 }
@@ -188,6 +194,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Corked<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut inner = lock(&self.0);
+        if let Some(error) = inner.failed.take() {
+            return Poll::Ready(Err(error));
+        }
         ready!(inner.write_out(cx))?;
         Pin::new(&mut inner.io).poll_shutdown(cx)
     }
@@ -198,12 +207,14 @@ mod tests {
     use super::*;
     use std::task::Waker;
 
-    /// A socket that records each write call; `room`: how many more bytes it takes.
+    /// A socket that records each write call; `room`: how many more bytes it takes;
+    /// `broken`: every write fails.
     #[derive(Default)]
     struct Recorder {
         writes: Vec<Vec<u8>>,
         flushes: usize,
         room: Option<usize>,
+        broken: bool,
     }
 
     impl AsyncWrite for Recorder {
@@ -212,6 +223,9 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
+            if self.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
             let n = self.room.map_or(buf.len(), |room| room.min(buf.len()));
             if n == 0 {
                 return Poll::Pending;
@@ -278,18 +292,48 @@ mod tests {
             room: Some(4),
             ..Recorder::default()
         });
+        let release = || cork.release(&mut Context::from_waker(Waker::noop()));
         cork.hold();
         let _ = write(&mut corked, b"abcdefghij");
-        cork.release(&mut Context::from_waker(Waker::noop()));
+        release();
         assert_eq!(lock(&cork.0).io.writes.concat(), b"abcd".to_vec());
-        // A write after a partial release goes behind what was left.
+        // The next poll's writes queue behind what was left, and the buffer holds only
+        // what is unsent.
+        cork.hold();
+        let _ = write(&mut corked, b"k");
+        assert_eq!(lock(&cork.0).pending, b"efghijk".to_vec());
         lock(&cork.0).io.room = Some(100);
-        assert!(matches!(write(&mut corked, b"k"), Poll::Ready(Ok(1))));
+        release();
         assert_eq!(lock(&cork.0).io.writes.concat(), b"abcdefghijk".to_vec());
+        // A released write goes behind anything left as well.
+        lock(&cork.0).io.room = Some(2);
+        cork.hold();
+        let _ = write(&mut corked, b"lmn");
+        release();
+        lock(&cork.0).io.room = Some(100);
+        assert!(matches!(write(&mut corked, b"o"), Poll::Ready(Ok(1))));
+        assert_eq!(
+            lock(&cork.0).io.writes.concat(),
+            b"abcdefghijklmno".to_vec()
+        );
     }
 
     #[test]
-    fn past_the_limit_a_held_write_goes_out_at_once() {
+    fn a_failed_release_is_reported_to_the_next_write_or_flush() {
+        let (mut corked, cork) = cork(Recorder {
+            broken: true,
+            ..Recorder::default()
+        });
+        cork.hold();
+        let _ = write(&mut corked, b"frame");
+        cork.release(&mut Context::from_waker(Waker::noop()));
+        assert!(
+            matches!(flush(&mut corked), Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe)
+        );
+    }
+
+    #[test]
+    fn past_the_limit_the_gathered_bytes_go_out_first() {
         let (mut corked, cork) = cork(Recorder::default());
         cork.hold();
         let big = vec![7u8; GATHER_LIMIT];
