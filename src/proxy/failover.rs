@@ -25,7 +25,7 @@ use super::prepare::Prepared;
 use super::retry::{Failure, Framing, cooldown};
 use super::target::{Several, Target};
 use super::targets::{Claim, RouteHealth};
-use super::{Exchange, Proxy, ProxyError, ResponseBody, UpstreamResponse, unreachable};
+use super::{Exchange, Proxy, ProxyError, ResponseBody, UpstreamResponse, answer_failed};
 use crate::config::{ResolvedRoute, ResolvedTarget};
 use crate::telemetry::AccessLog;
 use crate::telemetry::metrics::{FailoverLabels, TargetLabels};
@@ -149,11 +149,10 @@ impl Proxy {
             .hold_first_event(response, framing)
             .await
             .map_err(|e| {
-                let cause = crate::failure::chain(e.as_ref());
-                unreachable(
-                    exchange.route,
-                    exchange.target,
-                    format!("its stream failed before its first event: {cause}"),
+                answer_failed(
+                    exchange,
+                    "its stream failed before its first event",
+                    e.as_ref(),
                 )
             })?;
         Ok(if failed {

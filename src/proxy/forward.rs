@@ -12,7 +12,7 @@ use http_body_util::Full;
 
 use super::deliver::Answer;
 use super::retry::{Decision, classify};
-use super::{Exchange, Proxy, ProxyError, ResponseBody, UpstreamResponse, unreachable};
+use super::{Exchange, Proxy, ProxyError, ResponseBody, UpstreamResponse, answer_failed};
 use crate::client::http2::Busy;
 use crate::credentials::SharedCredential;
 use crate::telemetry::AccessLog;
@@ -48,14 +48,7 @@ impl Proxy {
         let scheme = &exchange.injector.scheme;
         let (answer, verdict) = classify(scheme, first.response, self.shared.upstream_timeout)
             .await
-            .map_err(|e| {
-                let cause = crate::failure::chain(e.as_ref());
-                unreachable(
-                    exchange.route,
-                    exchange.target,
-                    format!("its answer could not be read: {cause}"),
-                )
-            })?;
+            .map_err(|e| answer_failed(exchange, "its answer could not be read", e.as_ref()))?;
         Ok(
             match self.decide(exchange, verdict, status, &first.credential) {
                 Decision::Deliver => answer,

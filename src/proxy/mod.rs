@@ -255,6 +255,17 @@ pub(crate) struct Exchange<'a> {
     pub translator: Option<translate::Translator<'a>>,
 }
 
+/// `exchange`'s upstream answered, but `what` went wrong reading the answer, because of
+/// `error` (named with its causes).
+fn answer_failed(
+    exchange: &Exchange<'_>,
+    what: &str,
+    error: &(dyn std::error::Error + 'static),
+) -> ProxyError {
+    let cause = crate::failure::chain(error);
+    unreachable(exchange.route, exchange.target, format!("{what}: {cause}"))
+}
+
 /// The upstream of `target` (of `route`) could not be reached, or its answer not read.
 fn unreachable(route: &ResolvedRoute, target: &ResolvedTarget, cause: String) -> ProxyError {
     ProxyError::UpstreamUnreachable {
